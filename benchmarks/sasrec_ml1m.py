@@ -50,6 +50,7 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
     import torch
     from hydra.utils import instantiate
 
+    from genrec.tasks.losses import resolve_matmul_dtype
     from genrec.tasks.next_item import next_item_loss
     from genrec.training import build_components
 
@@ -58,7 +59,7 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
     datamodule, task = build_components(cfg)
     net = task.net.train()
     optimizer = instantiate(cfg.task.optimizer)(params=net.parameters())
-    dtype = getattr(torch, cfg.task.get("ce_matmul_dtype", "float32"))
+    dtype = resolve_matmul_dtype(cfg.task.ce_matmul_dtype, torch.device("cpu"))
     seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
@@ -93,6 +94,8 @@ def _epoch_log(run_dir: Path) -> list[dict]:
     rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
     epochs: dict[int, dict] = {}
     for row in rows:
+        if not row.get("epoch"):  # learning-rate rows carry only a step
+            continue
         merged = epochs.setdefault(int(row["epoch"]), {})
         merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"})
     return [epochs[e] for e in sorted(epochs)]
@@ -121,7 +124,9 @@ def main() -> None:
 
     overrides = [f"trainer.max_epochs={args.epochs}", "callbacks.early_stopping=null", *args.overrides]
     if args.minutes:
-        overrides.append(f"trainer.max_time={{minutes:{args.minutes}}}")
+        seconds = round(args.minutes * 60)
+        hms = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        overrides.append(f"trainer.max_time=00:{hms}")  # Lightning's DD:HH:MM:SS
     run_dir = Path(tempfile.mkdtemp(prefix="bench-sasrec-"))
     plain_before = _in_child(plain_loop, args.experiment, overrides, args.plain_epochs)
     piped = _in_child(pipeline, args.experiment, overrides, str(run_dir))

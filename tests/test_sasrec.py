@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec.models.layers import FastDropout
+from genrec.models.layers import FastDropout, random_bytes
 from genrec.models.sasrec import SASRec
-from genrec.tasks.losses import linear_cross_entropy
+from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
 
 
 def _net(**kw):
@@ -78,3 +78,22 @@ def test_fast_dropout_rate_and_scale():
     assert abs((out == 0).float().mean().item() - 0.25) < 0.01
     assert out.mean().item() == pytest.approx(1.0, abs=0.02)
     assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_random_bytes_are_uniform_over_all_256_values():
+    torch.manual_seed(0)
+    counts = torch.bincount(random_bytes(torch.Size([256, 1001]), torch.device("cpu")).flatten().long(),
+                            minlength=256)
+    assert counts.shape == (256,)
+    # 1001 expected per value; 5 standard deviations is about +-160
+    assert counts.min() > 840 and counts.max() < 1160
+
+
+def test_ce_matmul_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_matmul_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_matmul_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_matmul_dtype("float32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="task.ce_matmul_dtype"):
+        resolve_matmul_dtype("float33", torch.device("cpu"))

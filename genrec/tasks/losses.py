@@ -24,27 +24,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
         pad = (-n) % chunk_size
         hidden_p = torch.cat([hidden.detach(), hidden.new_zeros(pad, hidden.shape[1])])  # [n + pad, D]
         targets_p = torch.cat([targets, targets.new_ones(pad)])  # [n + pad]
+        cols = torch.arange(chunk_size, device=hidden.device)
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden_p) if needs_grad else None
         grad_weight = torch.zeros_like(weight) if needs_grad else None
         for start in range(0, n, chunk_size):
-            h = hidden_p[start : start + chunk_size]  # [c, D]
+            h = hidden_p[start : start + chunk_size].to(matmul_dtype)  # [c, D]
             y = targets_p[start : start + chunk_size]  # [c]
-            real = min(chunk_size, n - start)  # rows past it are padding
-            logits = (h.to(matmul_dtype) @ w.T).float()  # [c, V] softmax always in fp32
-            logits[:, 0] = float("-inf")  # padding is never an answer
-            target_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1)  # [c]
-            row_max = logits.amax(1, keepdim=True)  # [c, 1]
-            exp = logits.sub_(row_max).exp_()  # in place: one pass over the chunk
-            total = exp.sum(1)  # [c]
-            loss += (row_max.squeeze(1) + total.log() - target_logit)[:real].sum()
+            real = min(chunk_size, n - start)  # columns past it are padding
+            # Logits transposed, [V, c]: W @ h.T runs 2-3x faster than h @ W.T when D is small
+            # (measured with MKL on AVX2); the softmax then reduces over dim 0.
+            logits = (w @ h.T).float()  # [V, c] softmax always in fp32
+            logits[0] = float("-inf")  # padding is never an answer
+            target_logit = logits[y, cols]  # [c]
+            col_max = logits.amax(0)  # [c]
+            exp = logits.sub_(col_max).exp_()  # in place: one pass over the chunk
+            total = exp.sum(0)  # [c]
+            loss += (col_max + total.log() - target_logit)[:real].sum()
             if needs_grad:
-                probs = exp.div_(total.unsqueeze(1))  # softmax [c, V]
-                probs[torch.arange(len(y), device=y.device), y] -= 1.0  # d loss / d logits
-                probs[real:] = 0.0  # padding rows give no gradient
+                probs = exp.div_(total)  # softmax [V, c]
+                probs[y, cols] -= 1.0  # d loss / d logits
+                probs[:, real:] = 0.0  # padding columns give no gradient
                 p = probs.to(matmul_dtype)
-                grad_hidden[start : start + chunk_size] = p @ w  # [c, D]
-                grad_weight += (p.T @ h.to(matmul_dtype)).float()  # [V, D]
+                grad_hidden[start : start + chunk_size] = p.T @ w  # [c, D]
+                grad_weight += (p @ h).float()  # [V, D]
         if needs_grad:
             ctx.save_for_backward(grad_hidden[:n] / n, grad_weight / n)
         return loss / n
@@ -63,3 +66,22 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     matmul_dtype=torch.bfloat16 runs the three matmuls in bf16 (softmax and sums stay fp32).
     """
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, matmul_dtype)
+
+
+def resolve_matmul_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`task.ce_matmul_dtype` -> a dtype; "auto" is bfloat16 only where it runs natively.
+
+    On CPUs without AVX512/AMX oneDNN emulates bf16 matmuls: 6x slower than fp32 on an AVX2
+    EPYC, where the same setting was 1.6x faster on an AVX512 Xeon.
+    """
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name != "auto":
+        if name not in choices:
+            raise ValueError(f"task.ce_matmul_dtype must be auto or one of {sorted(choices)}, got {name!r}")
+        return choices[name]
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
+

@@ -17,7 +17,7 @@ from torch import nn
 
 from genrec.data.datasets import SequenceBatch
 from genrec.metrics import RankingMetrics, full_ranking_ranks, rank_of_target
-from genrec.tasks.losses import linear_cross_entropy
+from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
 
 # RankingMetrics are synced by torchmetrics before logging; Lightning's advice to sync again
 # (one warning per metric key under DDP) does not apply
@@ -53,7 +53,7 @@ class NextItemTask(L.LightningModule):
         ks: Sequence[int] = (5, 10, 20),
         mask_history: bool = True,
         weight_decay: float = 0.0,
-        ce_matmul_dtype: str = "float32",
+        ce_matmul_dtype: str = "auto",
     ) -> None:
         super().__init__()
         if loss not in ("ce", "bce"):
@@ -61,7 +61,7 @@ class NextItemTask(L.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.hparams["net_config"] = net.export_config()  # rebuilds the net without Hydra
         self.net = net
-        self.ce_matmul_dtype = getattr(torch, ce_matmul_dtype)
+        resolve_matmul_dtype(ce_matmul_dtype, torch.device("cpu"))  # a bad name fails here, not mid-fit
         ks = tuple(ks)
         self.metrics = nn.ModuleDict({
             "val": RankingMetrics(ks, "val/"),
@@ -80,7 +80,8 @@ class NextItemTask(L.LightningModule):
 
     # ---- training ----
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> torch.Tensor:
-        loss = next_item_loss(self.net, batch, self.hparams.loss, self.ce_matmul_dtype)
+        dtype = resolve_matmul_dtype(self.hparams.ce_matmul_dtype, self.device)
+        loss = next_item_loss(self.net, batch, self.hparams.loss, dtype)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
