@@ -61,7 +61,8 @@ class NextItemTask(L.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.hparams["net_config"] = net.export_config()  # rebuilds the net without Hydra
         self.net = net
-        resolve_matmul_dtype(ce_matmul_dtype, torch.device("cpu"))  # a bad name fails here, not mid-fit
+        # a bad name fails here, not mid-fit; "auto" is settled on the fit device in on_fit_start
+        self.ce_matmul_dtype = resolve_matmul_dtype(ce_matmul_dtype, torch.device("cpu"))
         ks = tuple(ks)
         self.metrics = nn.ModuleDict({
             "val": RankingMetrics(ks, "val/"),
@@ -73,6 +74,9 @@ class NextItemTask(L.LightningModule):
         })
         self.register_buffer("popularity", torch.zeros(net.config.n_items + 1), persistent=False)
 
+    def on_fit_start(self) -> None:
+        self.ce_matmul_dtype = resolve_matmul_dtype(self.hparams.ce_matmul_dtype, self.device)
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "item_popularity"):
@@ -80,8 +84,7 @@ class NextItemTask(L.LightningModule):
 
     # ---- training ----
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> torch.Tensor:
-        dtype = resolve_matmul_dtype(self.hparams.ce_matmul_dtype, self.device)
-        loss = next_item_loss(self.net, batch, self.hparams.loss, dtype)
+        loss = next_item_loss(self.net, batch, self.hparams.loss, self.ce_matmul_dtype)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
