@@ -84,4 +84,3 @@ def resolve_matmul_dtype(name: str, device: torch.device) -> torch.dtype:
     else:
         native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.bfloat16 if native else torch.float32
-
