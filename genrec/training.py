@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,6 +42,8 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if not loggers:  # LearningRateMonitor raises without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning raises on a bar it may not show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks += [ConfigInCheckpoint(cfg), EpochSeed(cfg.seed)]
     if cfg.trainer.get("plugins") is None:
         overrides.setdefault("plugins", [AtomicCheckpointIO()])

@@ -32,7 +32,6 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "logger=none",
-    "callbacks.rich_progress_bar=null",
 ]
 
 

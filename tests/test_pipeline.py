@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from genrec.checkpoint import CheckpointError, read_checkpoint
 from genrec.evaluation import evaluate
-from genrec.training import build_components, train
+from genrec.training import build_components, build_trainer, train
 
 
 def test_every_config_group_option_composes_and_instantiates(tmp_path):
@@ -34,6 +34,27 @@ def test_experiments_compose(tmp_path):
     for exp in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfg = compose_config(tmp_path, [f"experiment={exp}"])
         assert cfg.model._target_ and cfg.data._target_
+
+
+def test_progress_bar_off_drops_the_bar_callback(tmp_path):
+    """trainer.enable_progress_bar=false alone is enough (Lightning refuses a bar callback then)."""
+    from lightning.pytorch.callbacks import ProgressBar
+    trainer = build_trainer(compose_config(tmp_path, ["trainer.enable_progress_bar=false"]))
+    assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
+    trainer = build_trainer(compose_config(tmp_path, ["trainer.enable_progress_bar=true"]))
+    assert any(isinstance(c, ProgressBar) for c in trainer.callbacks)
+
+
+def test_scheduler_with_total_steps_decays_over_max_epochs(tmp_path):
+    cfg = compose_config(tmp_path, [
+        "trainer.max_epochs=2", "callbacks.early_stopping=null", "test=false",
+        "task.scheduler={_target_:genrec.tasks.schedules.cosine_decay,_partial_:true}"])
+    datamodule, task = build_components(cfg)
+    trainer = build_trainer(cfg)
+    trainer.fit(task, datamodule=datamodule)
+    steps = trainer.global_step
+    assert steps == trainer.estimated_stepping_batches > 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_sasrec_learns_on_synthetic_data(tmp_path):

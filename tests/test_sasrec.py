@@ -97,3 +97,20 @@ def test_ce_matmul_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch):
     assert resolve_matmul_dtype("float32", torch.device("cpu")) == torch.float32
     with pytest.raises(ValueError, match="task.ce_matmul_dtype"):
         resolve_matmul_dtype("float33", torch.device("cpu"))
+
+
+def test_cosine_decay_follows_the_run_length():
+    from genrec.tasks.schedules import cosine_decay
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_decay(opt, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])  # warm-up, then the peak
+    assert lrs[6] == pytest.approx(0.5)  # half-way through the cosine
+    assert lrs[10:] == pytest.approx([0.0, 0.0])  # held at the floor past total_steps
+    with pytest.raises(ValueError, match="warmup_steps"):
+        cosine_decay(opt, total_steps=5, warmup_steps=5)

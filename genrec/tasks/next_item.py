@@ -6,6 +6,9 @@ It owns the loss, the metrics and the optimizer; the network is a plain nn.Modul
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -16,8 +19,11 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from genrec.data.datasets import SequenceBatch
+from genrec.logging_utils import get_logger
 from genrec.metrics import RankingMetrics, full_ranking_ranks, rank_of_target
 from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
+
+log = get_logger(__name__)
 
 # RankingMetrics are synced by torchmetrics before logging; Lightning's advice to sync again
 # (one warning per metric key under DDP) does not apply
@@ -76,6 +82,9 @@ class NextItemTask(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.ce_matmul_dtype = resolve_matmul_dtype(self.hparams.ce_matmul_dtype, self.device)
+        if self.hparams.loss == "ce":
+            log.info("cross-entropy matmuls in %s (task.ce_matmul_dtype=%s)",
+                     str(self.ce_matmul_dtype).removeprefix("torch."), self.hparams.ce_matmul_dtype)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -136,5 +145,11 @@ class NextItemTask(L.LightningModule):
         optimizer = self.hparams.optimizer(params=groups)
         if self.hparams.scheduler is None:
             return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        make_scheduler = self.hparams.scheduler
+        if "total_steps" in inspect.signature(make_scheduler).parameters:  # genrec/tasks/schedules.py
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError("task.scheduler needs the run's length: set trainer.max_epochs or max_steps")
+            make_scheduler = functools.partial(make_scheduler, total_steps=int(total))
+        scheduler = make_scheduler(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
