@@ -29,6 +29,7 @@ TRAIN_FAST = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.
 # name -> training overrides; mHC and TiSASRec graphs take the exporter 3-5x longer
 MODELS = {
     "sasrec": [],
+    "sasrec_reference": ["model.block=reference"],
     "sasrec_mhc": ["model.residual=mhc", "model.mhc_expansion=2", "model.mhc_sinkhorn_iters=2"],
     "tisasrec": ["model=tisasrec", "model.time_span=32"],
 }
@@ -49,6 +50,7 @@ def train_run(tmp_path: Path, overrides: list[str]) -> Path:
 
 @pytest.fixture(scope="module", params=[
     "sasrec",
+    pytest.param("sasrec_reference", marks=pytest.mark.slow),
     pytest.param("sasrec_mhc", marks=pytest.mark.slow),
     pytest.param("tisasrec", marks=pytest.mark.slow),
 ])

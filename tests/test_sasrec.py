@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec.models.layers import FastDropout, random_bytes
+from genrec.models.layers import BLOCK_FORMS, FastDropout, random_bytes
 from genrec.models.sasrec import SASRec
 from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
 
@@ -22,8 +22,9 @@ def test_shapes():
     assert net.score(hidden[:, -1], torch.randint(1, 51, (3, 5))).shape == (3, 5)
 
 
-def test_causal_output_at_t_ignores_later_items():
-    net = _net()
+@pytest.mark.parametrize("block", BLOCK_FORMS)
+def test_causal_output_at_t_ignores_later_items(block):
+    net = _net(block=block)
     items = torch.randint(1, 51, (2, 10))
     changed = items.clone()
     changed[:, 6:] = torch.randint(1, 51, (2, 4))
@@ -31,8 +32,9 @@ def test_causal_output_at_t_ignores_later_items():
     assert not torch.allclose(net.encode(items)[:, 6:], net.encode(changed)[:, 6:])
 
 
-def test_left_padding_does_not_change_the_result():
-    net = _net()
+@pytest.mark.parametrize("block", BLOCK_FORMS)
+def test_left_padding_does_not_change_the_result(block):
+    net = _net(block=block)
     items = torch.randint(1, 51, (1, 5))
     padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), items], 1)
     torch.testing.assert_close(net.encode(padded)[:, -5:], net.encode(items), atol=1e-5, rtol=1e-5)
@@ -45,13 +47,55 @@ def test_scores_use_the_shared_item_embeddings():
     torch.testing.assert_close(net.score(h), h @ net.item_emb.weight.T)
 
 
-def test_gradients_reach_every_parameter():
-    net = _net(dropout=0.1).train()
+@pytest.mark.parametrize("block", BLOCK_FORMS)
+def test_gradients_reach_every_parameter(block):
+    net = _net(dropout=0.1, block=block).train()
     items = torch.randint(0, 51, (4, 12))
     items[:, -1] = 1
     net.encode(items).sum().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
+
+
+def test_init_std_draws_every_weight_from_that_normal():
+    net = SASRec(n_items=500, maxlen=200, hidden_units=64, init_std=0.02)
+    for name, p in net.named_parameters():
+        if name.endswith("bias"):
+            assert not p.any(), name
+        elif p.dim() == 2:
+            rows = p[1:] if name in ("item_emb.weight", "pos_emb.weight") else p  # row 0 = padding
+            assert abs(rows.std().item() - 0.02) < 0.002, name
+    assert not net.item_emb.weight[0].any() and not net.pos_emb.weight[0].any()
+    xavier = SASRec(n_items=500, maxlen=200, hidden_units=64)  # init_std None: xavier-normal
+    assert abs(xavier.blocks[0].ffn.net[0].weight.std().item() - (2 / 128) ** 0.5) < 0.01
+
+
+def test_reference_block_is_the_authors_formula():
+    """h = LN1(x); a = h + Attn(q=h, k=v=x); g = LN2(a); out = g + FFN(g), by hand."""
+    block = _net(block="reference").blocks[0]
+    x = torch.randn(2, 6, 16)
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    att = block.attn
+    h = block.attn_norm(x)
+    d, heads = 16, att.n_heads
+    q = (h @ att.qkv.weight[:d].T + att.qkv.bias[:d]).view(2, 6, heads, -1).transpose(1, 2)
+    k = (x @ att.qkv.weight[d : 2 * d].T + att.qkv.bias[d : 2 * d]).view(2, 6, heads, -1).transpose(1, 2)
+    v = (x @ att.qkv.weight[2 * d :].T + att.qkv.bias[2 * d :]).view(2, 6, heads, -1).transpose(1, 2)
+    weights = ((q @ k.transpose(-1, -2)) / (d // heads) ** 0.5).masked_fill(~mask, float("-inf")).softmax(-1)
+    a = h + att.out((weights @ v).transpose(1, 2).reshape(2, 6, d))
+    g = block.ffn_norm(a)
+    expected = g + block.ffn(g)
+    out, _ = block(x, mask)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    pre_ln, _ = _net().blocks[0](x, mask)
+    assert not torch.allclose(out, pre_ln, atol=1e-3)
+
+
+def test_reference_block_with_mhc_or_an_unknown_form_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.residual=plain"):
+        _net(block="reference", residual="mhc")
+    with pytest.raises(ValueError, match="model.block must be one of"):
+        _net(block="post_ln")
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

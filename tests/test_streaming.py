@@ -9,10 +9,14 @@ from genrec.models.sasrec import SASRec
 N_ITEMS, MAXLEN = 40, 16
 
 
-def _net(residual: str = "plain") -> SASRec:
+# (residual, block form) pairs a model can be built with
+FORMS = [("plain", "pre_ln"), ("mhc", "pre_ln"), ("plain", "reference")]
+
+
+def _net(residual: str = "plain", block: str = "pre_ln") -> SASRec:
     torch.manual_seed(0)
     net = SASRec(n_items=N_ITEMS, maxlen=MAXLEN, hidden_units=16, num_blocks=2, num_heads=2, dropout=0.0,
-                 residual=residual, mhc_expansion=3, mhc_sinkhorn_iters=4).eval()
+                 residual=residual, block=block, mhc_expansion=3, mhc_sinkhorn_iters=4).eval()
     with torch.no_grad():  # mHC: input-dependent maps, not the near-plain initialisation
         for module in net.modules():
             for name in ("gates", "gate_out"):
@@ -35,10 +39,10 @@ def _full(net: SASRec, items: torch.Tensor) -> torch.Tensor:
     return net.score(net.encode(items))
 
 
-@pytest.mark.parametrize("residual", ["plain", "mhc"])
+@pytest.mark.parametrize("residual,block", FORMS)
 @torch.no_grad()
-def test_prefill_then_decode_equals_full_recompute_at_every_step(residual):
-    net, items = _net(residual), _sequences()
+def test_prefill_then_decode_equals_full_recompute_at_every_step(residual, block):
+    net, items = _net(residual, block), _sequences()
     full = _full(net, items)
     scores, cache = net.prefill(items[:, :4])
     torch.testing.assert_close(scores, full[:, 3])
@@ -49,10 +53,10 @@ def test_prefill_then_decode_equals_full_recompute_at_every_step(residual):
     assert torch.equal(cache.items, items)
 
 
-@pytest.mark.parametrize("residual", ["plain", "mhc"])
+@pytest.mark.parametrize("residual,block", FORMS)
 @torch.no_grad()
-def test_decode_from_an_empty_cache_equals_full_recompute(residual):
-    net, items = _net(residual), _sequences()
+def test_decode_from_an_empty_cache_equals_full_recompute(residual, block):
+    net, items = _net(residual, block), _sequences()
     full = _full(net, items)
     cache = net.empty_cache(3)
     assert cache.seq_len == 0 and cache.kv.shape[4] == 0

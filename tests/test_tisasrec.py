@@ -76,6 +76,9 @@ def test_bucketed_attention_equals_the_papers_formula():
     assert k.shape == v.shape == (b, 2, t, d // 2)
 
 
+FORMS = [("plain", "pre_ln"), ("mhc", "pre_ln"), ("plain", "reference")]  # (residual, block)
+
+
 def _net(**kw):
     torch.manual_seed(0)
     return TiSASRec(**{"n_items": 50, "maxlen": 12, "hidden_units": 16, "num_blocks": 2, "num_heads": 2,
@@ -87,9 +90,9 @@ def _times(b: int, t: int) -> torch.Tensor:
     return 1_500_000_000 + (torch.randint(0, 4, (b, t)) * DAY).cumsum(1)
 
 
-@pytest.mark.parametrize("residual", ["plain", "mhc"])
-def test_causal_output_at_t_ignores_later_items_and_times(residual):
-    net = _net(residual=residual)
+@pytest.mark.parametrize("residual,block", FORMS)
+def test_causal_output_at_t_ignores_later_items_and_times(residual, block):
+    net = _net(residual=residual, block=block)
     items, ts = torch.randint(1, 51, (2, 10)), _times(2, 10)
     changed, changed_ts = items.clone(), ts.clone()
     changed[:, 6:] = torch.randint(1, 51, (2, 4))
@@ -106,9 +109,9 @@ def test_the_output_depends_on_the_time_intervals():
     assert not torch.allclose(net.encode(items, ts)[:, -1], net.encode(items, spread)[:, -1])
 
 
-@pytest.mark.parametrize("residual", ["plain", "mhc"])
-def test_left_padding_does_not_change_the_result(residual):
-    net = _net(residual=residual)
+@pytest.mark.parametrize("residual,block", FORMS)
+def test_left_padding_does_not_change_the_result(residual, block):
+    net = _net(residual=residual, block=block)
     items, ts = torch.randint(1, 51, (1, 5)), _times(1, 5)
     pad = torch.zeros(1, 4, dtype=torch.long)
     out = net.encode(torch.cat([pad, items], 1), torch.cat([pad, ts], 1))
@@ -116,9 +119,9 @@ def test_left_padding_does_not_change_the_result(residual):
     torch.testing.assert_close(out[:, -5:], net.encode(items, ts), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("residual", ["plain", "mhc"])
-def test_gradients_reach_every_parameter(residual):
-    net = _net(dropout=0.1, residual=residual).train()
+@pytest.mark.parametrize("residual,block", FORMS)
+def test_gradients_reach_every_parameter(residual, block):
+    net = _net(dropout=0.1, residual=residual, block=block).train()
     items, ts = torch.randint(0, 51, (4, 12)), _times(4, 12)
     items[:, -1] = 1
     net.encode(items, ts).sum().backward()

@@ -2,7 +2,8 @@
 
 A block is two sub-layers (attention, feed-forward), each applied through a residual
 module: `residual(stream, sublayer) -> stream`. The plain residual is `x + f(x)`; mHC
-(genrec/models/mhc.py) widens the stream to n copies behind the same call.
+(genrec/models/mhc.py) widens the stream to n copies behind the same call. The "reference"
+block form reproduces the SASRec authors' code instead (see TransformerBlock).
 """
 
 from __future__ import annotations
@@ -60,6 +61,21 @@ def causal_padding_mask(key_valid: torch.Tensor, n_queries: int) -> torch.Tensor
     return (mask | (k_pos == q_pos)).unsqueeze(1)  # [B, 1, Tq, S]
 
 
+def project_qkv(qkv: nn.Linear, x: torch.Tensor, kv_source: torch.Tensor | None,
+                n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries from x [B, T, D], keys and values from kv_source (x when None) through one fused
+    [3D, D] projection -> q, k, v [B, H, T, D / H]."""
+    b, t, d = x.shape
+    if kv_source is None:
+        q, k, v = qkv(x).view(b, t, 3, n_heads, d // n_heads).unbind(2)  # [B, T, H, Dh]
+    else:
+        w_q, w_kv = qkv.weight.split([d, 2 * d])
+        b_q, b_kv = qkv.bias.split([d, 2 * d])
+        q = F.linear(x, w_q, b_q).view(b, t, n_heads, d // n_heads)
+        k, v = F.linear(kv_source, w_kv, b_kv).view(b, t, 2, n_heads, d // n_heads).unbind(2)
+    return tuple(z.transpose(1, 2) for z in (q, k, v))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention whose keys/values can extend a cache of past positions."""
 
@@ -72,11 +88,12 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.attn_dropout = FastDropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        """x [B, T, D], mask bool [B, 1, T, P + T] -> (out [B, T, D], (k, v) [B, H, P + T, Dh])."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None = None,
+                kv_source: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:
+        """x [B, T, D], mask bool [B, 1, T, P + T] -> (out [B, T, D], (k, v) [B, H, P + T, Dh]).
+        kv_source [B, T, D]: where keys and values come from (default x)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)  # [B,T,H,Dh]
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, Dh]
+        q, k, v = project_qkv(self.qkv, x, kv_source, self.n_heads)  # [B, H, T, Dh]
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, Dh]
             v = torch.cat([past[1], v], dim=2)
@@ -132,12 +149,25 @@ def residual_class(kind: str, **options) -> type[nn.Module]:
     raise ValueError(f"model.residual must be 'plain' or 'mhc', got {kind!r}")
 
 
+BLOCK_FORMS = ("pre_ln", "reference")
+
+
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block, the SASRec paper's g(x) = x + Dropout(g(LayerNorm(x)))."""
+    """Two sub-layers, in one of two forms:
+
+    - "pre_ln": the SASRec paper's g(x) = x + Dropout(g(LayerNorm(x))) through the residual
+      modules (plain or mHC);
+    - "reference": what the authors' TensorFlow code (and pmixer's port) computes: h = LayerNorm(x),
+      then h + Dropout(g(h)), the attention's keys and values taken from x itself. The skip
+      starts from the normalised input, so every sub-layer renormalises the stream.
+    """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, residual: nn.Module,
-                 residual_ffn: nn.Module, attention: nn.Module | None = None) -> None:
+                 residual_ffn: nn.Module, attention: nn.Module | None = None, form: str = "pre_ln") -> None:
         super().__init__()
+        if form not in BLOCK_FORMS:
+            raise ValueError(f"model.block must be one of {BLOCK_FORMS}, got {form!r}")
+        self.form = form
         self.attn_norm = nn.LayerNorm(d_model, eps=1e-8)
         self.attn = attention if attention is not None else CausalSelfAttention(d_model, n_heads, dropout)
         self.ffn_norm = nn.LayerNorm(d_model, eps=1e-8)
@@ -148,6 +178,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, stream: torch.Tensor, mask: torch.Tensor, past: KV | None = None,
                 **attn_kwargs) -> tuple[torch.Tensor, KV]:
+        if self.form == "reference":
+            h = self.attn_norm(stream)
+            y, kv = self.attn(h, mask, past, kv_source=stream, **attn_kwargs)
+            h = self.ffn_norm(h + self.dropout(y))
+            return h + self.dropout(self.ffn(h)), kv
         present: list[KV] = []
 
         def attend(x: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,14 @@ class SASRecConfig:
     num_heads: int = 1
     dropout: float = 0.2
     residual: str = "plain"  # "plain" | "mhc"
+    # "pre_ln": x + f(LayerNorm(x)) (the paper's formula); "reference": LayerNorm(x) + f(LayerNorm(x)),
+    # attention keys/values from x (the authors' TF code, pmixer's port, SASRec+); see TransformerBlock
+    block: str = "pre_ln"
     mhc_expansion: int = 4
     mhc_sinkhorn_iters: int = 20
+    # None: xavier-normal weights (pmixer's SASRec.pytorch); a float: N(0, init_std) for every
+    # Linear and Embedding, biases zero (SASRec+ and GPT-2 use 0.02: blocks start near identity)
+    init_std: float | None = None
 
 
 class SASRec(nn.Module):
@@ -40,6 +46,9 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = cfg = self.config_class(**fields)
         d = cfg.hidden_units
+        if cfg.block == "reference" and cfg.residual != "plain":
+            raise ValueError(f"model.block=reference carries its own skip connections; it needs "
+                             f"model.residual=plain, got {cfg.residual!r}")
         self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.maxlen + 1, d, padding_idx=0)
         self.emb_dropout = FastDropout(cfg.dropout)
@@ -49,7 +58,7 @@ class SASRec(nn.Module):
         self.residual_stream = residual(d, **opts, stream_only=True)
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.num_heads, cfg.dropout, residual(d, **opts), residual(d, **opts),
-                             attention=self._attention())
+                             attention=self._attention(), form=cfg.block)
             for _ in range(cfg.num_blocks)
         )
         self.final_norm = nn.LayerNorm(d, eps=1e-8)
@@ -59,15 +68,18 @@ class SASRec(nn.Module):
         """Subclasses swap the attention (TiSASRec); None = plain causal attention."""
         return None
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
+        if not isinstance(module, (nn.Linear, nn.Embedding)):
+            return
+        std = self.config.init_std
+        if std is None:
+            nn.init.xavier_normal_(module.weight)
+        else:
+            nn.init.normal_(module.weight, std=std)
         if isinstance(module, nn.Linear):
-            nn.init.xavier_normal_(module.weight)
             nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.xavier_normal_(module.weight)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+        elif module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
 
     def export_config(self) -> dict:
         """What a checkpoint stores to rebuild this module without Hydra."""

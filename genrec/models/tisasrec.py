@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genrec.models.layers import KV, FastDropout
+from genrec.models.layers import KV, FastDropout, project_qkv
 from genrec.models.sasrec import SASRec, SASRecConfig
 
 
@@ -72,18 +72,19 @@ class TimeAwareAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.attn_dropout = FastDropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None = None, *,
-                intervals: torch.Tensor, pos_k: torch.Tensor, pos_v: torch.Tensor,
-                interval_k: torch.Tensor, interval_v: torch.Tensor) -> tuple[torch.Tensor, KV]:
-        """x [B, T, D]; mask bool [B, 1, T, T]; intervals int64 [B, T, T]; pos_k, pos_v [B, T, D];
-        interval_k, interval_v [K + 1, D] -> (out [B, T, D], (k, v) [B, H, T, Dh])."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None = None,
+                kv_source: torch.Tensor | None = None, *, intervals: torch.Tensor,
+                pos_k: torch.Tensor, pos_v: torch.Tensor, interval_k: torch.Tensor,
+                interval_v: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """x [B, T, D]; mask bool [B, 1, T, T]; kv_source [B, T, D] (keys/values from it, default x);
+        intervals int64 [B, T, T]; pos_k, pos_v [B, T, D]; interval_k, interval_v [K + 1, D]
+        -> (out [B, T, D], (k, v) [B, H, T, Dh])."""
         if past is not None:
             raise NotImplementedError("TiSASRec has no K/V cache decode: intervals to cached keys "
                                       "need the cached events' timestamps; use encode")
         b, t, d = x.shape
         h = self.n_heads
-        q, k, v = self.qkv(x).view(b, t, 3, h, d // h).unbind(2)  # [B, T, H, Dh]
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, Dh]
+        q, k, v = project_qkv(self.qkv, x, kv_source, h)  # [B, H, T, Dh]
         keys = k + pos_k.view(b, t, h, -1).transpose(1, 2)  # [B, H, T, Dh]
         values = v + pos_v.view(b, t, h, -1).transpose(1, 2)  # [B, H, T, Dh]
         buckets = intervals.unsqueeze(1).expand(b, h, t, t)  # [B, H, T, T] interval index of (i, j)
