@@ -69,10 +69,10 @@ def project_qkv(qkv: nn.Linear, x: torch.Tensor, kv_source: torch.Tensor | None,
     if kv_source is None:
         q, k, v = qkv(x).view(b, t, 3, n_heads, d // n_heads).unbind(2)  # [B, T, H, Dh]
     else:
-        w_q, w_kv = qkv.weight.split([d, 2 * d])
-        b_q, b_kv = qkv.bias.split([d, 2 * d])
-        q = F.linear(x, w_q, b_q).view(b, t, n_heads, d // n_heads)
-        k, v = F.linear(kv_source, w_kv, b_kv).view(b, t, 2, n_heads, d // n_heads).unbind(2)
+        # slices, not split(): the exporter's opset conversion has no adapter for Split-18
+        w, bias = qkv.weight, qkv.bias
+        q = F.linear(x, w[:d], bias[:d]).view(b, t, n_heads, d // n_heads)
+        k, v = F.linear(kv_source, w[d:], bias[d:]).view(b, t, 2, n_heads, d // n_heads).unbind(2)
     return tuple(z.transpose(1, 2) for z in (q, k, v))
 
 
