@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-import genrec.config  # noqa: F401  (registers the config resolvers)
-from genrec.evaluation import evaluate
+import genrec.resolvers  # noqa: F401  (registers the config resolvers)
+from genrec.run.evaluation import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

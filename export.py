@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import genrec.config  # noqa: F401  (registers the config resolvers)
+import genrec.resolvers  # noqa: F401  (registers the config resolvers)
 from genrec.export.pipeline import export
 from genrec.export.tensorrt import TensorRTUnavailable
 

@@ -10,10 +10,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import genrec.config  # noqa: F401  (registers the config resolvers)
-from genrec.distributed import rank_argv, share_run_dir
-from genrec.resume import resume_argv
-from genrec.training import train
+import genrec.resolvers  # noqa: F401  (registers the config resolvers)
+from genrec.run.distributed import rank_argv, share_run_dir
+from genrec.run.resume import resume_argv
+from genrec.run.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -37,8 +37,8 @@ def worker(args: argparse.Namespace) -> None:
     from lightning.pytorch.callbacks import Callback
     from omegaconf import open_dict
 
-    import genrec.config  # noqa: F401
-    from genrec.training import build_components, build_trainer
+    import genrec.resolvers  # noqa: F401
+    from genrec.run.training import build_components, build_trainer
 
     class StepTimer(Callback):
         def __init__(self) -> None:

@@ -63,8 +63,8 @@ def run_variant(overrides: list[str], run_dir: str, queue) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    import genrec.config  # noqa: F401  (resolvers)
-    from genrec.training import train
+    import genrec.resolvers  # noqa: F401  (resolvers)
+    from genrec.run.training import train
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

@@ -50,7 +50,7 @@ def parse() -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
     if args.ckpt:
-        from genrec.checkpoint import build_net, read_checkpoint  # noqa: PLC0415
+        from genrec.run.checkpoint import build_net, read_checkpoint  # noqa: PLC0415
 
         return build_net(read_checkpoint(args.ckpt), args.ckpt).eval()
     from genrec.models.sasrec import SASRec  # noqa: PLC0415

@@ -31,7 +31,7 @@ def _compose(experiment: str, run_dir: Path, overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    import genrec.config  # noqa: F401
+    import genrec.resolvers  # noqa: F401
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", "logger=csv", *overrides])
@@ -52,7 +52,7 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
 
     from genrec.tasks.losses import resolve_matmul_dtype
     from genrec.tasks.next_item import next_item_loss
-    from genrec.training import build_components
+    from genrec.run.training import build_components
 
     cfg = _compose(experiment, Path(tempfile.mkdtemp()), overrides)
     L.seed_everything(cfg.seed, workers=True)
@@ -73,7 +73,7 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
 
 
 def pipeline(experiment: str, overrides: list[str], run_dir: str, queue) -> None:
-    from genrec.training import train
+    from genrec.run.training import train
 
     cfg = _compose(experiment, Path(run_dir), overrides)
     metrics = train(cfg)

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-import genrec.config  # noqa: F401  (resolvers)
+import genrec.resolvers  # noqa: F401  (resolvers)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

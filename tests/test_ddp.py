@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, TINY_DATA, compose_config
 
-from genrec.checkpoint import read_checkpoint
+from genrec.run.checkpoint import read_checkpoint
 from genrec.data.datasets import NextItemTrainDataset
 from genrec.data.samplers import EpochSeededDataset, EpochShuffleSampler, ShardSampler
-from genrec.evaluation import evaluate
-from genrec.training import build_components, train
+from genrec.run.evaluation import evaluate
+from genrec.run.training import build_components, train
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}

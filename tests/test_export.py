@@ -16,11 +16,11 @@ import torch
 from conftest import CONF, ROOT, compose_config
 from hydra import compose, initialize_config_dir
 
-from genrec.checkpoint import CheckpointError, build_net, read_checkpoint
+from genrec.run.checkpoint import CheckpointError, build_net, read_checkpoint
 from genrec.export import parity, tensorrt, triton
 from genrec.export.pipeline import ExportError, export, find_checkpoint
 from genrec.models.sasrec import SASRec
-from genrec.training import train
+from genrec.run.training import train
 
 ort = pytest.importorskip("onnxruntime")
 

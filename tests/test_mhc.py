@@ -7,7 +7,7 @@ from conftest import compose_config
 from genrec.models.layers import PlainResidual
 from genrec.models.mhc import MHCResidual, sinkhorn_knopp
 from genrec.models.sasrec import SASRec
-from genrec.training import train
+from genrec.run.training import train
 
 
 def _assert_doubly_stochastic(m: torch.Tensor, tol: float) -> None:

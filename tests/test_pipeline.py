@@ -10,9 +10,9 @@ import torch
 from conftest import CONF, ROOT, compose_config
 from hydra.utils import instantiate
 
-from genrec.checkpoint import CheckpointError, read_checkpoint
-from genrec.evaluation import evaluate
-from genrec.training import build_components, build_trainer, train
+from genrec.run.checkpoint import CheckpointError, read_checkpoint
+from genrec.run.evaluation import evaluate
+from genrec.run.training import build_components, build_trainer, train
 
 
 def test_every_config_group_option_composes_and_instantiates(tmp_path):

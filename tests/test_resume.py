@@ -16,11 +16,11 @@ import torch
 import yaml
 from conftest import ROOT, TINY, TINY_DATA, compose_config
 
-from genrec.callbacks import AtomicCheckpointIO, NonFiniteLossError
-from genrec.checkpoint import CheckpointError, read_checkpoint
-from genrec.resume import resolve_ckpt_path, resume_argv
+from genrec.run.callbacks import AtomicCheckpointIO, NonFiniteLossError
+from genrec.run.checkpoint import CheckpointError, read_checkpoint
+from genrec.run.resume import resolve_ckpt_path, resume_argv
 from genrec.tasks.next_item import NextItemTask
-from genrec.training import train
+from genrec.run.training import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 

@@ -9,7 +9,7 @@ from conftest import compose_config
 from hydra.utils import instantiate
 
 from genrec.models.tisasrec import TimeAwareAttention, TiSASRec, interval_matrix
-from genrec.training import build_components, train
+from genrec.run.training import build_components, train
 
 DAY = 86_400
 

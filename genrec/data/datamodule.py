@@ -18,7 +18,7 @@ from genrec.data.datasets import (
 )
 from genrec.data.interactions import LeaveOneOutSplit, Sequences
 from genrec.data.samplers import EpochSeededDataset, EpochShuffleSampler, ShardSampler
-from genrec.distributed import env_local_rank, file_lock, wait_for_file
+from genrec.run.distributed import env_local_rank, file_lock, wait_for_file
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import onnx
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genrec.checkpoint import CheckpointError, build_net, read_checkpoint
+from genrec.run.checkpoint import CheckpointError, build_net, read_checkpoint
 from genrec.export import parity, tensorrt, tensorrt_ops, triton
 from genrec.export.graphs import GraphSpec
 from genrec.export.onnx import dynamic_axes, export_onnx, signature, to_fp16
-from genrec.logging_utils import get_logger
+from genrec.rank_zero_log import get_logger
 
 log = get_logger(__name__)
 

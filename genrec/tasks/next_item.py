@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from genrec.data.datasets import SequenceBatch
-from genrec.logging_utils import get_logger
+from genrec.rank_zero_log import get_logger
 from genrec.metrics import RankingMetrics, full_ranking_ranks, rank_of_target
 from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
 

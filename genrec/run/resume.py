@@ -19,7 +19,7 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from genrec.checkpoint import CheckpointError
+from genrec.run.checkpoint import CheckpointError
 
 OUTPUTS_ROOT = Path("outputs")  # conf/hydra/default.yaml: outputs/DATE/TIME, relative to the cwd
 

@@ -11,13 +11,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from genrec.callbacks import AtomicCheckpointIO, EpochSeed
-from genrec.checkpoint import ConfigInCheckpoint
-from genrec.distributed import torchrun_trainer_overrides
-from genrec.loggers import WandbRunLogger
-from genrec.logging_utils import get_logger
-from genrec.report import print_metrics_table
-from genrec.resume import keep_csv_history, resolve_ckpt_path
+from genrec.run.callbacks import AtomicCheckpointIO, EpochSeed
+from genrec.run.checkpoint import ConfigInCheckpoint
+from genrec.run.distributed import torchrun_trainer_overrides
+from genrec.run.wandb_logger import WandbRunLogger
+from genrec.rank_zero_log import get_logger
+from genrec.run.report import print_metrics_table
+from genrec.run.resume import keep_csv_history, resolve_ckpt_path
 
 log = get_logger(__name__)
 

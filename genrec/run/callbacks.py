@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from genrec.data.samplers import item_seed
-from genrec.logging_utils import get_logger
+from genrec.rank_zero_log import get_logger
 
 log = get_logger(__name__)
 

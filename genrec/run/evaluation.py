@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from genrec.checkpoint import build_task, read_checkpoint
-from genrec.logging_utils import get_logger
-from genrec.report import print_metrics_table
+from genrec.run.checkpoint import build_task, read_checkpoint
+from genrec.rank_zero_log import get_logger
+from genrec.run.report import print_metrics_table
 
 log = get_logger(__name__)
 
