@@ -81,8 +81,9 @@ def sizes_for(batch: int, length: int) -> dict[str, int]:
 
 def tensorrt_timer(spec, onnx_path: Path, args, work: Path):
     """(batch -> timing) of an FP16 engine of this graph, or None without a GPU and tensorrt."""
-    from genrec.export import tensorrt  # noqa: PLC0415
-    from genrec.export.onnx import signature, to_fp16  # noqa: PLC0415
+    from genrec.export import axes, tensorrt  # noqa: PLC0415
+    from genrec.export.fp16 import to_fp16  # noqa: PLC0415
+    from genrec.export.onnx import signature  # noqa: PLC0415
 
     try:
         tensorrt.require()
@@ -90,11 +91,11 @@ def tensorrt_timer(spec, onnx_path: Path, args, work: Path):
         return None
     import onnx  # noqa: PLC0415
 
-    fp16 = to_fp16(onnx.load(onnx_path))
+    fp16 = to_fp16(onnx.load(onnx_path), spec.fp32)
     onnx.save(fp16, work / f"{spec.name}.fp16.onnx")
     hi = max(args.batches)
     length = args.length
-    profiles = {"batch": [1, hi, hi], "seq": [1, length, length], "past": [0, length, length]}
+    profiles = axes.profiles({"batch": [1, hi, hi], "seq": [1, length, length], "past": [0, length, length]})
     engine = work / f"{spec.name}.engine"
     shapes = tensorrt.profile_shapes(signature(fp16)["inputs"], profiles)
     tensorrt.build_engine(work / f"{spec.name}.fp16.onnx", engine, shapes, 4 << 30, work / "timing.cache")
@@ -109,10 +110,11 @@ def tensorrt_timer(spec, onnx_path: Path, args, work: Path):
 
 def measure(net, args, work: Path) -> list[dict]:
     from genrec.export import parity  # noqa: PLC0415
+    from genrec.export.builders import graph_specs  # noqa: PLC0415
     from genrec.export.onnx import export_onnx  # noqa: PLC0415
 
     rows = []
-    for spec in net.export_graphs(top_k=args.top_k):
+    for spec in graph_specs(net, {"next_item": {"top_k": args.top_k}}):
         path = work / f"{spec.name}.onnx"
         export_onnx(spec, path)
         session = parity.ort_session(path, threads=args.threads)

@@ -50,9 +50,9 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
     import torch
     from hydra.utils import instantiate
 
+    from genrec.run.training import build_components
     from genrec.tasks.losses import resolve_matmul_dtype
     from genrec.tasks.next_item import next_item_loss
-    from genrec.run.training import build_components
 
     cfg = _compose(experiment, Path(tempfile.mkdtemp()), overrides)
     L.seed_everything(cfg.seed, workers=True)

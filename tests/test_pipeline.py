@@ -8,32 +8,148 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF, ROOT, compose_config
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from genrec.data.datasets import NextItemEvalDataset, NextItemTrainDataset, collate
 from genrec.run.checkpoint import CheckpointError, read_checkpoint
 from genrec.run.evaluation import evaluate
 from genrec.run.training import build_components, build_trainer, train
 
 
-def test_every_config_group_option_composes_and_instantiates(tmp_path):
-    for data in sorted(p.stem for p in (CONF / "data").glob("*.yaml")):
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_data_option_instantiates_its_data_module(tmp_path):
+    for data in _options("data"):
         cfg = compose_config(tmp_path, [f"data={data}"])
-        assert cfg.data.source._target_
-    cfg = compose_config(tmp_path)
-    for group in ("callbacks", "logger"):
-        for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
-            composed = compose_config(tmp_path, [f"{group}={option}"])
-            for node in (composed.get(group) or {}).values():
-                if node is not None and "wandb" not in node._target_.lower():
-                    instantiate(node)
-    datamodule, task = build_components(cfg)
-    assert task.net.config.n_items == datamodule.n_items == 120
+        datamodule = instantiate(cfg.data)  # builds nothing yet: no file is read
+        assert datamodule.source.name == data  # data=X loads the dataset named X
+        assert datamodule.maxlen == cfg.data.maxlen > 0
+        assert datamodule.make_train_dataset.func is NextItemTrainDataset
+        assert datamodule.make_eval_dataset.func is NextItemEvalDataset
+        assert datamodule.collate.func is collate
+        assert "${task." not in OmegaConf.to_yaml(cfg.data)  # data never follows a task setting
 
 
-def test_experiments_compose(tmp_path):
-    for exp in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
-        cfg = compose_config(tmp_path, [f"experiment={exp}"])
-        assert cfg.model._target_ and cfg.data._target_
+# model options that are not next-item scorers: built directly, small, with what their data gives
+OTHER_MODELS = {
+    "rpg_ed": {"n_digit": 3, "codebook_size": 8, "d_model": 32, "n_heads": 2, "d_inner": 64,
+               "encoder_layers": 1, "decoder_layers": 1},
+}
+TASK_MODEL = {"next_item": "sasrec", "semantic_id": "rpg_ed"}  # each task option with a model it takes
+
+
+def _net(tmp_path, model: str):
+    cfg = compose_config(tmp_path, [f"model={model}"])
+    if model in OTHER_MODELS:
+        return instantiate(cfg.model, **OTHER_MODELS[model])
+    return build_components(cfg)[1].net
+
+
+def test_every_model_option_builds_and_runs(tmp_path):
+    for model in _options("model"):
+        cfg = compose_config(tmp_path, [f"model={model}"])
+        if model in OTHER_MODELS:
+            net = _net(tmp_path, model)
+            for key, value in OTHER_MODELS[model].items():
+                assert getattr(net.config, key) == value, (model, key)
+            continue
+        datamodule, task = build_components(cfg)  # a next-item scorer on the default data
+        assert task.net.config.n_items == datamodule.n_items == 120
+        assert task.net.config.hidden_units == cfg.model.hidden_units
+        assert type(task.net).__module__ + "." + type(task.net).__name__ == cfg.model._target_
+        batch = next(iter(datamodule.val_dataloader()))
+        task.eval()
+        task.validation_step(batch, 0)
+        assert int(task.metrics["val"].count) == len(batch), model
+
+
+def test_every_task_option_instantiates_with_its_monitor_and_baselines(tmp_path):
+    for name in _options("task"):
+        assert name in TASK_MODEL, f"task={name}: add it to TASK_MODEL with a model it takes"
+        cfg = compose_config(tmp_path, [f"task={name}", "task.monitor=val/mrr"])
+        task = instantiate(cfg.task, net=_net(tmp_path, TASK_MODEL[name]))
+        assert task.monitor == "val/mrr" == cfg.task.monitor
+        assert [b.name for b in task.baselines] == ["popularity"]
+        assert "popularity_test" in task.metrics and "val" in task.metrics
+
+
+def test_every_callbacks_and_logger_option_instantiates(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    for option in _options("callbacks"):
+        cfg = compose_config(tmp_path, [f"callbacks={option}", "task.monitor=val/mrr"])
+        built = [instantiate(n) for n in (cfg.get("callbacks") or {}).values() if n is not None]
+        for callback in built:  # both follow the one task.monitor key
+            if isinstance(callback, (ModelCheckpoint, EarlyStopping)):
+                assert callback.monitor == "val/mrr" and callback.mode == "max"
+        if option == "default":
+            assert {type(c) for c in built} >= {ModelCheckpoint, EarlyStopping}
+        else:
+            assert built == []
+    for option in _options("logger"):
+        cfg = compose_config(tmp_path, [f"logger={option}"])
+        for node in (cfg.get("logger") or {}).values():
+            if node is not None and "wandb" not in node._target_.lower():  # wandb: tests/test_wandb.py
+                logger = instantiate(node)
+                assert str(tmp_path / "run") in str(logger.save_dir)
+
+
+def _experiment(name: str):
+    """An experiment as the user gets it: no test-size overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"experiment={name}"])
+
+
+# the published hyperparameters each experiment pins (see the comment at the top of each file)
+PINNED = {
+    "sasrec_ml1m": {
+        "data.source.name": "ml-1m", "data.maxlen": 200, "data.batch_size": 128,
+        "model._target_": "genrec.models.sasrec.SASRec", "model.hidden_units": 50, "model.num_blocks": 2,
+        "model.num_heads": 1, "model.dropout": 0.2, "task.loss": "bce", "task.optimizer.lr": 0.001,
+        "task.optimizer.betas": [0.9, 0.98], "trainer.max_epochs": 200,
+        "trainer.check_val_every_n_epoch": 5, "callbacks.early_stopping.patience": 6},
+    "sasrec_ml1m_ce": {
+        "data.source.name": "ml-1m", "data.maxlen": 200, "data.batch_size": 128,
+        "model.hidden_units": 128, "model.num_blocks": 2, "model.num_heads": 1, "model.dropout": 0.1,
+        "model.init_std": 0.02, "task.loss": "ce", "task.optimizer.lr": 0.001,
+        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 100,
+        "callbacks.early_stopping": None},
+    "sasrec_ml1m_fast": {
+        "data.source.name": "ml-1m", "data.maxlen": 200, "data.batch_size": 128,
+        "model.hidden_units": 128, "model.num_blocks": 2, "model.num_heads": 1, "model.dropout": 0.1,
+        "model.init_std": 0.02, "task.loss": "sampled_softmax", "task.num_negatives": 256,
+        "task.logq_correction": True, "task.optimizer.lr": 0.001,
+        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 30,
+        "callbacks.early_stopping": None},
+    "tisasrec_beauty": {
+        "data.source.name": "beauty_time", "data.maxlen": 50, "data.batch_size": 128,
+        "model._target_": "genrec.models.tisasrec.TiSASRec", "model.hidden_units": 50,
+        "model.num_blocks": 2, "model.num_heads": 1, "model.dropout": 0.5, "model.time_span": 256,
+        "task.loss": "bce", "task.optimizer.lr": 0.001, "trainer.max_epochs": 200,
+        "callbacks.early_stopping.patience": 6},
+    "tisasrec_ml1m": {
+        "data.maxlen": 200, "data.batch_size": 128, "data.kcore": 5,
+        "model._target_": "genrec.models.tisasrec.TiSASRec", "model.hidden_units": 50,
+        "model.num_blocks": 2, "model.num_heads": 1, "model.dropout": 0.2, "model.time_span": 256,
+        "task.loss": "bce", "task.optimizer.lr": 0.001, "trainer.max_epochs": 200,
+        "callbacks.early_stopping.patience": 6},
+}
+
+
+@pytest.mark.parametrize("name", _options("experiment"))
+def test_experiment_pins_its_published_hyperparameters(name):
+    assert name in PINNED, f"conf/experiment/{name}.yaml has no pinned values in this test"
+    cfg = _experiment(name)
+    for key, expected in PINNED[name].items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        assert value == expected, f"{name}: {key}={value!r}, expected {expected!r}"
+    if name == "tisasrec_ml1m":  # needs GroupLens ratings with timestamps, not SASRec's ml-1m.txt
+        assert cfg.data.source.format == "movielens_dat"
 
 
 def test_progress_bar_off_drops_the_bar_callback(tmp_path):
@@ -63,9 +179,13 @@ def test_sasrec_learns_on_synthetic_data(tmp_path):
     assert metrics["test/sampled/ndcg@10"] > 2 * metrics["popularity/test/sampled/ndcg@10"]
 
 
-def test_bce_loss_trains(tmp_path):
-    metrics = train(compose_config(tmp_path, ["task.loss=bce", "trainer.max_epochs=1"]))
-    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+def test_bce_loss_gets_its_negatives_and_learns(tmp_path):
+    cfg = compose_config(tmp_path, ["task.loss=bce", "trainer.max_epochs=4", "task.optimizer.lr=0.005"])
+    datamodule, _ = build_components(cfg)  # the task asked for negatives; no data config says so
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch.negatives is not None and ((batch.negatives > 0) == (batch.targets > 0)).all()
+    metrics = train(cfg)
+    assert metrics["test/ndcg@10"] > 2 * metrics["popularity/test/ndcg@10"]
 
 
 def test_train_writes_outputs_and_evaluate_reproduces_test_metrics(tmp_path):

@@ -19,8 +19,8 @@ from conftest import ROOT, TINY, TINY_DATA, compose_config
 from genrec.run.callbacks import AtomicCheckpointIO, NonFiniteLossError
 from genrec.run.checkpoint import CheckpointError, read_checkpoint
 from genrec.run.resume import resolve_ckpt_path, resume_argv
-from genrec.tasks.next_item import NextItemTask
 from genrec.run.training import train
+from genrec.tasks.next_item import NextItemTask
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 

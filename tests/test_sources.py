@@ -15,13 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.data.interactions import DataError
-from genrec.data.sources import (
-    DOWNLOADS,
+from genrec.data.datamodule import SequenceDataModule
+from genrec.data.download import DOWNLOADS, Download, fetch
+from genrec.data.formats import (
     FORMATS,
-    ML1M_ZIP_SHA256,
-    ML100K_ZIP_SHA256,
-    Source,
     read_csv,
     read_grouped,
     read_movielens_dat,
@@ -29,6 +26,8 @@ from genrec.data.sources import (
     read_recbole_inter,
     read_sasrec_pairs,
 )
+from genrec.data.interactions import DataError
+from genrec.data.sources import Source
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GENREC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -85,7 +84,7 @@ def test_pairs_empty_and_missing(tmp_path):
     p = write(tmp_path, "empty.txt", "")
     assert str(p) in error_of(read_sasrec_pairs, p)
     missing = tmp_path / "nope.txt"
-    assert error_of(read_sasrec_pairs, missing) == f"{missing}: file does not exist"
+    assert error_of(read_sasrec_pairs, missing) == f"file not found: {missing}"
 
 
 def test_pairs_bad_line_found_in_a_million(tmp_path):
@@ -264,6 +263,82 @@ def test_formats_registry():
                             "csv"}
 
 
+# ---- column counts, BOM, ratings (issue 13: no parser misreads a column) ---------------------
+
+@pytest.mark.parametrize(
+    "reader, name, text, expected",
+    [
+        # three columns everywhere: pandas would have taken column 0 as an index (users -> items)
+        (read_sasrec_pairs, "p.txt", "1 10 5\n1 11 4\n2 10 3\n",
+         "line 1: expected 2 fields (user item), got 3"),
+        (read_movielens_dat, "r.dat", "1::10::5::100::x\n2::10::3::150::y\n",
+         "line 1: expected 4 fields (UserID::MovieID::Rating::Timestamp), got 5"),
+        (read_movielens_udata, "u.data", "1\t10\t5\t100\t7\n2\t10\t3\t150\t8\n",
+         "line 1: expected 4 fields (user item rating timestamp), got 5"),
+        (read_movielens_udata, "u.data", "1\t10\t5\n2\t10\t3\n",
+         "line 1: expected 4 fields (user item rating timestamp), got 3"),
+        (read_recbole_inter, "x.inter", "user_id:token\titem_id:token\n1\t2\t9\n4\t5\t9\n",
+         "line 2: expected 2 fields (user_id item_id), got 3"),
+        # a short line whose missing field is not an id: pandas pads it with ""
+        (read_recbole_inter, "x.inter", "user_id:token\titem_id:token\tnote:token\n1\t2\tok\n4\t5\n",
+         "line 3: expected 3 fields (user_id item_id note), got 2"),
+    ],
+)
+def test_every_parser_rejects_an_unexpected_column_count(tmp_path, reader, name, text, expected):
+    p = write(tmp_path, name, text)
+    assert error_of(reader, p) == f"{p} {expected}"
+
+
+def test_csv_rejects_lines_longer_or_shorter_than_the_first(tmp_path):
+    expected = "line 3: expected 3 fields (3 columns as on line 1), got"
+    p = write(tmp_path, "r.csv", "user,item,note\n1,2,a\n3,4,b,extra\n")
+    assert error_of(read_csv, p, "user", "item") == f"{p} {expected} 4"
+    p = write(tmp_path, "r2.csv", "user,item,note\n1,2,a\n3,4\n")
+    assert error_of(read_csv, p, "user", "item") == f"{p} {expected} 2"
+    p = write(tmp_path, "r3.csv", "1,2\n3,4\n")
+    assert "column 2 asked for but the line has 2 fields" in error_of(read_csv, p, 0, 1, 2, header=False)
+    ok = write(tmp_path, "r4.csv", "user,item,note\n1,2,\n3,4,b\n")  # an empty last field is still a field
+    assert read_csv(ok, "user", "item").users.tolist() == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "reader, name, text",
+    [
+        (read_grouped, "g.txt", "1 5 6\n2 6\n"),
+        (read_sasrec_pairs, "p.txt", "1 5\n1 6\n2 6\n"),
+        (read_movielens_dat, "r.dat", "1::5::3::10\n1::6::4::11\n2::6::5::12\n"),
+        (read_recbole_inter, "x.inter", "user_id:token\titem_id:token\n1\t5\n1\t6\n2\t6\n"),
+    ],
+)
+def test_a_utf8_bom_is_read_like_no_bom(tmp_path, reader, name, text):
+    plain = reader(write(tmp_path, name, text))
+    bom = tmp_path / f"bom-{name}"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    got = reader(bom)
+    assert got.users.tolist() == plain.users.tolist() == [1, 1, 2]
+    assert got.items.tolist() == plain.items.tolist()
+
+
+def test_grouped_bom_in_times_file(tmp_path):
+    items = write(tmp_path, "items.txt", "1 5 6\n")
+    times = tmp_path / "times.txt"
+    times.write_bytes(b"\xef\xbb\xbf1 100 200\n")
+    assert read_grouped(items, times_path=times).timestamps.tolist() == [100, 200]
+
+
+def test_ratings_are_kept(tmp_path):
+    dat = write(tmp_path, "r.dat", "1::5::3::10\n2::6::4.5::11\n")
+    assert read_movielens_dat(dat).ratings.tolist() == [3, 4.5]
+    assert read_movielens_udata(write(tmp_path, "u.data", "1\t5\t2\t10\n")).ratings.tolist() == [2]
+    inter = write(tmp_path, "x.inter", "user_id:token\titem_id:token\trating:float\n1\t5\t4\n2\t6\t1.5\n")
+    assert read_recbole_inter(inter).ratings.tolist() == [4, 1.5]
+    bad = write(tmp_path, "y.inter", "user_id:token\titem_id:token\trating:float\n1\t5\t4\n2\t6\tgood\n")
+    assert error_of(read_recbole_inter, bad) == f"{bad} line 3: rating 'good' is not a number"
+    csv_file = write(tmp_path, "r.csv", "u,i,stars\n1,5,2\n2,6,5\n")
+    assert read_csv(csv_file, "u", "i", rating_col="stars").ratings.tolist() == [2, 5]
+    assert read_sasrec_pairs(write(tmp_path, "p.txt", "1 5\n")).ratings is None
+
+
 # ---- Source ----------------------------------------------------------------------------------
 
 def test_source_validates_config_at_once(tmp_path):
@@ -290,22 +365,6 @@ def test_source_local_path(tmp_path):
     assert src.fingerprint() != fp
     other = Source("other", str(p), "grouped")
     assert other.fingerprint() != Source("beauty", str(p), "grouped").fingerprint()
-
-
-def test_source_missing_without_download(tmp_path):
-    src = Source("ml", str(tmp_path / "none.txt"), "sasrec_pairs")
-    expected = f"{tmp_path / 'none.txt'} does not exist and data 'ml' has no download"
-    assert error_of(src.prepare, tmp_path) == expected
-    assert error_of(src.load, tmp_path) == expected
-    assert error_of(src.fingerprint) == expected
-
-
-def test_named_downloads_pin_the_constants():
-    assert DOWNLOADS["ml-1m"]["sha256"] == ML1M_ZIP_SHA256
-    assert DOWNLOADS["ml-100k"]["sha256"] == ML100K_ZIP_SHA256
-    assert all(len(h) == 64 for h in (ML1M_ZIP_SHA256, ML100K_ZIP_SHA256))
-    src = Source("ml-1m", None, "movielens_dat", download="ml-1m")
-    assert src.download.member == "ml-1m/ratings.dat" and src.download.format == "movielens_dat"
 
 
 class _Server:
@@ -353,7 +412,7 @@ def _download_source(url: str, sha: str, path: str | None = None) -> Source:
 def test_source_download_then_cached(tmp_path, served_zip):
     server, url, sha = served_zip
     cache = tmp_path / "data"
-    src = _download_source(url, sha, path=str(tmp_path / "not-here.txt"))
+    src = _download_source(url, sha)
     fp_before = src.fingerprint()  # a download is identified by its sha256: no file needed yet
     src.prepare(cache)
     raw = cache / "raw" / "tiny"
@@ -364,6 +423,9 @@ def test_source_download_then_cached(tmp_path, served_zip):
     log = src.load(cache)
     assert server.requests == ["/ml-tiny.zip"]
     assert log.users.tolist() == [1, 1, 2] and log.timestamps.tolist() == [100, 200, 150]
+    assert log.ratings.tolist() == [5, 4, 3]
+    assert log.origin == {"name": "tiny", "format": "movielens_dat", "url": url, "sha256": sha,
+                          "member": "ml-tiny/ratings.dat"}
     assert src.fingerprint() == fp_before
     assert sorted(p.name for p in raw.iterdir()) == ["ml-tiny", "ml-tiny.zip"]  # no temp files left
 
@@ -388,6 +450,120 @@ def test_source_download_failure_is_data_error(tmp_path, served_zip):
     assert "missing.zip: download failed" in msg and "data.source.path" in msg
     assert list((tmp_path / "data" / "raw" / "tiny").iterdir()) == []
 
+
+def test_file_url_download_checks_sha256(tmp_path):
+    """The same code path with a file:// URL: a match extracts the member, a mismatch keeps nothing."""
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("d/u.data", "1\t2\t3\t4\n")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    dl = Download(archive.as_uri(), sha, "d/u.data", "movielens_udata")
+    member = fetch(dl, tmp_path / "raw")
+    assert member == tmp_path / "raw" / "d" / "u.data" and member.read_text() == "1\t2\t3\t4\n"
+    bad = Download(archive.as_uri(), "f" * 64, "d/u.data", "movielens_udata")
+    assert "sha256 mismatch" in error_of(fetch, bad, tmp_path / "raw2")
+    assert list((tmp_path / "raw2").iterdir()) == []
+
+
+GROUPLENS_LINES = {  # what each official archive's member looks like (format of the real files)
+    "ml-1m": "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n",
+    "ml-100k": "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t302\t4\t881250950\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOADS))
+def test_named_download_member_and_format_read_a_grouplens_layout(tmp_path, name):
+    """Each named download's member path and parser fit an archive laid out like GroupLens's
+    (served on 127.0.0.1), and the pinned sha256 is what gets checked: the stand-in archive,
+    which is not the real one, is refused under the pinned hash."""
+    spec = DOWNLOADS[name]
+    root = tmp_path / "www"
+    root.mkdir()
+    archive = root / Path(spec["url"]).name
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(spec["member"], GROUPLENS_LINES[name])
+        zf.writestr(f"{name}/README", "side file")
+    server = _Server(root)
+    try:
+        url = f"{server.url}/{archive.name}"
+        sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+        src = Source(name, None, spec["format"], download={**spec, "url": url, "sha256": sha})
+        log = src.load(tmp_path / "a")
+        assert (len(log), log.timestamps is not None, log.ratings is not None) == (3, True, True)
+        pinned = Source(name, None, spec["format"], download={**spec, "url": url})
+        msg = error_of(pinned.prepare, tmp_path / "b")
+        assert f"expected {spec['sha256']}, got {sha}" in msg
+    finally:
+        server.close()
+
+
+# ---- data identity: a path never turns into a download --------------------------------------
+
+def test_missing_path_is_file_not_found_and_never_downloads(tmp_path, served_zip):
+    server, url, sha = served_zip
+    missing = tmp_path / "ml-1m.txt"
+    download = {"url": url, "sha256": sha, "member": "ml-tiny/ratings.dat", "format": "movielens_dat"}
+    src = Source("ml-1m", str(missing), "sasrec_pairs", download=download, hint="get it from X")
+    expected = f"file not found: {missing}; get it from X"
+    assert error_of(src.prepare, tmp_path / "data") == expected
+    assert error_of(src.load, tmp_path / "data") == expected
+    assert error_of(src.fingerprint) == expected
+    assert server.requests == []  # asked for a path: no download, not even as a fallback
+    assert error_of(Source, "x", None, "sasrec_pairs").startswith("data 'x': set data.source.path")
+
+
+def test_ml1m_config_names_only_the_sasrec_file(tmp_path):
+    from conftest import compose_config
+    from hydra.utils import instantiate
+
+    cfg = compose_config(tmp_path, ["data=ml-1m", f"data.source.path={tmp_path / 'gone.txt'}"])
+    src = instantiate(cfg.data.source)
+    assert src.download is None and src.format == "sasrec_pairs"
+    msg = error_of(src.prepare, tmp_path / "data")
+    assert msg.startswith(f"file not found: {tmp_path / 'gone.txt'}; ") and "data=ml-1m-raw" in msg
+    raw = instantiate(compose_config(tmp_path, ["data=ml-1m-raw"]).data.source)
+    assert (raw.name, raw.path, raw.format) == ("ml-1m-raw", None, "movielens_dat")
+    assert raw.download.url == DOWNLOADS["ml-1m"]["url"] and raw.download.member == "ml-1m/ratings.dat"
+    assert compose_config(tmp_path, ["data=ml-1m-raw"]).data.kcore == 0  # raw: no 5-core
+
+
+def test_describe_reports_name_origin_counts_and_survives_the_cache(tmp_path, caplog):
+    p = write(tmp_path, "x.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+              "1\t10\t5\t100\n1\t11\t3\t101\n1\t12\t4\t102\n2\t10\t1\t50\n2\t12\t2\t60\n2\t11\t2.5\t70\n")
+    make = lambda: SequenceDataModule(Source("toy", str(p), "recbole_inter"),  # noqa: E731
+                                      cache_dir=str(tmp_path / "data"), sampled_negatives=0)
+    with caplog.at_level(logging.INFO):
+        first = make().sequences.describe()
+    assert first == {"name": "toy", "format": "recbole_inter", "path": str(p.resolve()),
+                     "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "n_users": 2, "n_items": 3,
+                     "n_interactions": 6, "has_time": True, "has_ratings": True}
+    assert '"name": "toy"' in caplog.text and '"n_interactions": 6' in caplog.text
+    again = make()
+    assert again.processed_path.exists() and again.sequences.describe() == first  # read from the .npz
+    assert again.sequences.user_ratings(1).tolist() == [1, 2, 2.5]  # user 2's ratings in time order
+
+
+def test_cache_key_covers_every_preprocessing_parameter(tmp_path, monkeypatch):
+    import genrec.data.interactions as interactions
+    import genrec.data.synthetic as synthetic
+    from genrec.data.synthetic import SyntheticSource
+
+    def path(kcore=0, min_length=3, **settings):
+        return SequenceDataModule(SyntheticSource(**settings), kcore=kcore, min_length=min_length,
+                                  cache_dir=str(tmp_path)).processed_path
+
+    base = path(n_users=10)
+    assert path(n_users=10) == base
+    assert path(n_users=10, p_follow=0.75) == base  # the default, written out: same data, same key
+    changed = [path(n_users=11), path(n_users=10, p_follow=0.7), path(n_users=10, zipf_a=1.3),
+               path(n_users=10, kcore=2), path(n_users=10, min_length=4)]
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    changed.append(path(n_users=10))
+    monkeypatch.undo()
+    monkeypatch.setattr(interactions, "PREPROCESS_VERSION", interactions.PREPROCESS_VERSION + 1)
+    changed.append(path(n_users=10))
+    assert len({base, *changed}) == len(changed) + 1
+    assert "bad synthetic setting" in error_of(SyntheticSource, n_user=10)
 
 # ---- real shared data (read-only, skipped when absent) ---------------------------------------
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, TINY_DATA, compose_config
 
-from genrec.run.wandb_logger import WandbRunLogger
 from genrec.run.training import train
+from genrec.run.wandb_logger import WandbRunLogger
 
 
 @pytest.fixture

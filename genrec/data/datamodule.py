@@ -1,8 +1,14 @@
-"""The LightningDataModule of the SASRec family: one source, leave-one-out, left-padded batches."""
+"""The LightningDataModule of the SASRec family: one source, leave-one-out, left-padded batches.
+
+The datasets and the collate function are Hydra partials (data.train_dataset, data.eval_dataset,
+data.collate), so a new objective is a config change; the task says which batch fields it reads
+(`require_fields`, called by build_components) and the model is built from `model_kwargs()`.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +25,18 @@ from genrec.data.datasets import (
 from genrec.data.interactions import LeaveOneOutSplit, Sequences
 from genrec.data.samplers import EpochSeededDataset, EpochShuffleSampler, ShardSampler
 from genrec.run.distributed import env_local_rank, file_lock, wait_for_file
+from genrec.validation import DATA_RANGES, ConfigError, check_ranges
 
 log = logging.getLogger(__name__)
+
+
+def training_popularity(split: LeaveOneOutSplit) -> torch.Tensor:
+    """float [n_items + 1] interaction counts over the training rows only (every user's
+    sequence without its validation and test targets; index 0 = padding, count 0)."""
+    seqs = split.sequences
+    rows = [split.history(u, "train") for u in range(seqs.n_users)]  # without val and test targets
+    train = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(np.bincount(train, minlength=seqs.n_items + 1).astype(np.float32))
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -46,9 +62,11 @@ class SequenceDataModule(L.LightningDataModule):
         kcore: int = 0,
         min_length: int = 3,
         sampled_negatives: int = 100,
-        train_negatives: bool = True,
         seed: int = 42,
         cache_dir: str = "data",
+        train_dataset: Callable = NextItemTrainDataset,
+        eval_dataset: Callable = NextItemEvalDataset,
+        collate: Callable = collate,
     ) -> None:
         super().__init__()
         self.source = source
@@ -62,15 +80,22 @@ class SequenceDataModule(L.LightningDataModule):
         self.kcore = kcore
         self.min_length = min_length
         self.sampled_negatives = sampled_negatives
-        self.train_negatives = train_negatives
         self.seed = seed
         self.cache_dir = Path(cache_dir)
+        check_ranges("data", self, DATA_RANGES)  # named errors for out-of-range numbers
+        # partials: train_dataset(split=, maxlen=, **optional fields), eval_dataset(split=, stage=,
+        # maxlen=, candidates=), collate(rows) -> batch
+        self.make_train_dataset = train_dataset
+        self.make_eval_dataset = eval_dataset
+        self.collate = collate
+        self.train_fields: frozenset[str] = frozenset()  # optional fields the task asked for
         self.split: LeaveOneOutSplit | None = None
 
     # ---- preprocessing (cached) ----
     @property
     def processed_path(self) -> Path:
-        key = f"{self.source.fingerprint()}-k{self.kcore}-m{self.min_length}"
+        # every preprocessing parameter goes into the key (with the source's and code's versions)
+        key = self.source.cache_key(kcore=self.kcore, min_length=self.min_length)
         return self.cache_dir / "processed" / self.source.name / f"{key}.npz"
 
     def prepare_data(self) -> None:
@@ -103,12 +128,17 @@ class SequenceDataModule(L.LightningDataModule):
             return
         if not self.processed_path.exists():
             self.prepare_data()
-        self.split = LeaveOneOutSplit(Sequences.load(self.processed_path))
+        self.split = self._load_split()
         self._candidates = {
             s: sampled_candidates(self.split, s, self.sampled_negatives, self.seed)
             if self.sampled_negatives > 0 else None
             for s in ("val", "test")
         }
+
+    def _load_split(self) -> LeaveOneOutSplit:
+        if not self.processed_path.exists():
+            self.prepare_data()
+        return LeaveOneOutSplit(Sequences.load(self.processed_path))
 
     # ---- facts the model and task need ----
     @property
@@ -125,11 +155,45 @@ class SequenceDataModule(L.LightningDataModule):
     def has_time(self) -> bool:
         return self.sequences.timestamps is not None
 
+    def model_kwargs(self) -> dict:
+        """What the model is built from (merged into the model config by build_components)."""
+        return {"n_items": self.n_items}
+
+    def input_names(self) -> frozenset[str]:
+        """The model inputs its batches carry (SequenceBatch.model_inputs keys)."""
+        return frozenset({"items", "timestamps"} if self.has_time else {"items"})
+
+    def check_inputs(self, required: Iterable[str], model: str) -> None:
+        """ConfigError naming the missing input when `model` needs one the data lacks."""
+        missing = sorted(set(required) - self.input_names())
+        if "timestamps" in missing:
+            raise ConfigError(f"model {model} needs timestamps, but data '{self.source.name}' has none; "
+                              "pick a dataset with time")
+        if missing:
+            raise ConfigError(f"model {model} needs inputs {missing}, but data '{self.source.name}' "
+                              f"batches carry only {sorted(self.input_names())}")
+
+    def require_fields(self, train: Iterable[str] = (), eval: Iterable[str] = ()) -> None:  # noqa: A002
+        """The task's batch fields per stage; optional ones are switched on in the datasets,
+        fields a dataset cannot produce are a ConfigError (before any loader is built)."""
+        for stage, wanted, factory in (("train", train, self.make_train_dataset),
+                                       ("eval", eval, self.make_eval_dataset)):
+            cls = getattr(factory, "func", factory)
+            provided = getattr(cls, "fields", None)
+            missing = sorted(set(wanted) - provided) if provided is not None else []
+            if missing:
+                raise ConfigError(f"the task reads batch fields {missing} in {stage}, which "
+                                  f"data.{stage}_dataset ({getattr(cls, '__name__', cls)}) does not "
+                                  f"provide (it has {sorted(provided)})")
+        self.train_fields = frozenset(train)
+
+    def dataset_kwargs(self) -> dict:
+        """Extra keyword arguments for both dataset partials (a subclass's codes, features...)."""
+        return {}
+
     def item_popularity(self) -> torch.Tensor:
         """float [n_items + 1] interaction counts in the training part (index 0 = padding)."""
-        seqs = self.sequences
-        train_rows = np.concatenate([seqs.user(u)[:-2] for u in range(seqs.n_users)])
-        return torch.from_numpy(np.bincount(train_rows, minlength=seqs.n_items + 1).astype(np.float32))
+        return training_popularity(self.split if self.split is not None else self._load_split())
 
     # ---- loaders ----
     def _world(self) -> tuple[int, int]:
@@ -148,7 +212,7 @@ class SequenceDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=self.collate,
             persistent_workers=self.persistent_workers and workers,
             prefetch_factor=self.prefetch_factor if workers else None,
             pin_memory=pin,
@@ -162,16 +226,20 @@ class SequenceDataModule(L.LightningDataModule):
         if self.batch_size % world:
             raise ValueError(f"data.batch_size={self.batch_size} (global) does not divide by "
                              f"world size {world}")
-        dataset = NextItemTrainDataset(self.split, self.maxlen, negatives=self.train_negatives)
+        cls = getattr(self.make_train_dataset, "func", self.make_train_dataset)
+        optional = {f: f in self.train_fields for f in getattr(cls, "optional_fields", ())}
+        dataset = self.make_train_dataset(split=self.split, maxlen=self.maxlen, **optional,
+                                          **self.dataset_kwargs())
         sampler = EpochShuffleSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
         return self._loader(EpochSeededDataset(dataset, self.seed), self.batch_size // world, sampler)
 
-    def eval_dataset(self, stage: str) -> NextItemEvalDataset:
-        return NextItemEvalDataset(self.split, stage, self.maxlen, self._candidates[stage])
+    def build_eval_dataset(self, stage: str):
+        return self.make_eval_dataset(split=self.split, stage=stage, maxlen=self.maxlen,
+                                      candidates=self._candidates[stage], **self.dataset_kwargs())
 
     def _eval_loader(self, stage: str) -> DataLoader:
         world, rank = self._world()
-        dataset = self.eval_dataset(stage)
+        dataset = self.build_eval_dataset(stage)
         sampler = ShardSampler(dataset, num_replicas=world, rank=rank)
         return self._loader(dataset, max(1, self.eval_batch_size // world), sampler)
 

@@ -42,6 +42,12 @@ class SequenceBatch:
     def __len__(self) -> int:
         return self.items.shape[0]
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The network's keyword inputs this batch carries (None fields left out): a task calls
+        `net.encode(**batch.model_inputs())`, so a new input is a field here + a model argument."""
+        inputs = {"items": self.items, "timestamps": self.timestamps}
+        return {k: v for k, v in inputs.items() if v is not None}
+
 
 def left_pad(rows: list[np.ndarray], width: int | None = None) -> torch.Tensor:
     """Stack 1-D int arrays into [len(rows), width], right-aligned, zeros on the left."""
@@ -72,9 +78,16 @@ def sample_negatives(
 
 
 class NextItemTrainDataset(Dataset):
-    """Every user's training sequence as (inputs, next-item targets), last `maxlen` positions."""
+    """Every user's training sequence as (inputs, next-item targets), last `maxlen` positions.
 
-    def __init__(self, split: LeaveOneOutSplit, maxlen: int, negatives: bool = True) -> None:
+    `fields`: the batch fields its rows can carry; each of `optional_fields` is produced when
+    the constructor argument of the same name is true (the data module sets it from the task).
+    """
+
+    fields = frozenset({"items", "users", "timestamps", "targets", "negatives"})
+    optional_fields = ("negatives",)
+
+    def __init__(self, split: LeaveOneOutSplit, maxlen: int, negatives: bool = False) -> None:
         self.split = split
         self.maxlen = maxlen
         self.negatives = negatives
@@ -105,6 +118,9 @@ class NextItemTrainDataset(Dataset):
 
 class NextItemEvalDataset(Dataset):
     """One row per user: the history before the held-out item and the item itself."""
+
+    fields = frozenset({"items", "users", "timestamps", "target", "history", "candidates"})
+    optional_fields = ()
 
     def __init__(self, split: LeaveOneOutSplit, stage: str, maxlen: int, candidates: np.ndarray | None):
         self.split = split

@@ -6,13 +6,29 @@ Past this module nothing re-checks ids or re-reads files: parsers validate at th
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from genrec.rank_zero_log import get_logger
+
+log = get_logger(__name__)
+
+# Bump when parsing or preprocessing (kcore, to_sequences, drop_short, the .npz layout) changes
+# its output: every processed cache key includes it, so old caches are never reused.
+PREPROCESS_VERSION = 2
+
+
+def processed_key(fingerprint: str, **params: Any) -> str:
+    """Cache key of a preprocessed data set: the source's fingerprint, every preprocessing
+    parameter (e.g. kcore, min_length) and PREPROCESS_VERSION, hashed to 16 hex digits."""
+    blob = json.dumps({"source": fingerprint, "params": params, "version": PREPROCESS_VERSION},
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class DataError(ValueError):
@@ -25,23 +41,35 @@ class InteractionLog:
 
     users, items: int64 [N] raw ids as the source wrote them (any non-negative integers).
     timestamps:   int64 [N] seconds, or None when the source has no time.
+    ratings:      float32 [N] explicit ratings as the source wrote them, or None.
+    origin:       where the data came from (name, path or url, sha256, ...), plain JSON values.
     """
 
     users: np.ndarray
     items: np.ndarray
     timestamps: np.ndarray | None = None
     source: str = "<memory>"
+    ratings: np.ndarray | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
         self.items = np.asarray(self.items, dtype=np.int64)
         if self.timestamps is not None:
             self.timestamps = np.asarray(self.timestamps, dtype=np.int64)
+        if self.ratings is not None:
+            self.ratings = np.asarray(self.ratings, dtype=np.float32)
         n = len(self.users)
         if n == 0:
             raise DataError(f"{self.source}: no interactions (empty file?)")
-        if len(self.items) != n or (self.timestamps is not None and len(self.timestamps) != n):
-            raise DataError(f"{self.source}: users, items and timestamps differ in length")
+        if any(a is not None and len(a) != n for a in (self.items, self.timestamps, self.ratings)):
+            raise DataError(f"{self.source}: users, items, timestamps and ratings differ in length")
+
+    def _rows(self, keep: np.ndarray) -> InteractionLog:
+        """The log restricted to rows `keep` (a mask or an index array)."""
+        ts = None if self.timestamps is None else self.timestamps[keep]
+        ratings = None if self.ratings is None else self.ratings[keep]
+        return InteractionLog(self.users[keep], self.items[keep], ts, self.source, ratings, dict(self.origin))
 
     def __len__(self) -> int:
         return len(self.users)
@@ -56,8 +84,7 @@ class InteractionLog:
             if ok.all():
                 break
             keep[np.flatnonzero(keep)[~ok]] = False
-        ts = None if self.timestamps is None else self.timestamps[keep]
-        return InteractionLog(self.users[keep], self.items[keep], ts, self.source)
+        return self._rows(keep)
 
     def to_sequences(self) -> Sequences:
         """Remap ids to 1..n and group each user's events in time order.
@@ -73,7 +100,9 @@ class InteractionLog:
         counts = np.bincount(users, minlength=len(user_ids))
         offsets = np.concatenate([[0], np.cumsum(counts)])
         ts = None if self.timestamps is None else self.timestamps[order]
-        return Sequences(items[order], offsets, ts, raw_user_ids=user_ids, raw_item_ids=item_ids)
+        ratings = None if self.ratings is None else self.ratings[order]
+        return Sequences(items[order], offsets, ts, raw_user_ids=user_ids, raw_item_ids=item_ids,
+                         ratings=ratings, origin=dict(self.origin))
 
 
 @dataclass
@@ -84,6 +113,8 @@ class Sequences:
     offsets: int64 [n_users + 1] user u owns items[offsets[u]:offsets[u+1]]
     timestamps: int64 [N] or None
     raw_user_ids / raw_item_ids: the source's ids, indexed by new id (items: new id - 1)
+    ratings: float32 [N] or None, aligned with items
+    origin:  name, path or url, sha256 ... of the source (see `describe`)
     """
 
     items: np.ndarray
@@ -91,6 +122,8 @@ class Sequences:
     timestamps: np.ndarray | None
     raw_user_ids: np.ndarray
     raw_item_ids: np.ndarray
+    ratings: np.ndarray | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -112,6 +145,18 @@ class Sequences:
             return None
         return self.timestamps[self.offsets[u] : self.offsets[u + 1]]
 
+    def user_ratings(self, u: int) -> np.ndarray | None:
+        if self.ratings is None:
+            return None
+        return self.ratings[self.offsets[u] : self.offsets[u + 1]]
+
+    def describe(self) -> dict[str, Any]:
+        """What was loaded, as plain JSON values: the origin (name, path or url, sha256, ...)
+        and the counts. Meant for logs and metrics.json."""
+        return {**self.origin, "n_users": self.n_users, "n_items": self.n_items,
+                "n_interactions": int(len(self.items)), "has_time": self.timestamps is not None,
+                "has_ratings": self.ratings is not None}
+
     def drop_short(self, min_length: int, source: str) -> Sequences:
         """Drop users too short for the split, logging how many (not an error)."""
         keep = self.lengths >= min_length
@@ -124,7 +169,9 @@ class Sequences:
         rows = np.repeat(keep, self.lengths)
         offsets = np.concatenate([[0], np.cumsum(self.lengths[keep])])
         ts = None if self.timestamps is None else self.timestamps[rows]
-        return Sequences(self.items[rows], offsets, ts, self.raw_user_ids[keep], self.raw_item_ids)
+        ratings = None if self.ratings is None else self.ratings[rows]
+        return Sequences(self.items[rows], offsets, ts, self.raw_user_ids[keep], self.raw_item_ids,
+                         ratings, dict(self.origin))
 
     def save(self, path: Path) -> None:
         """Write atomically, so an interrupted run never leaves a half-written cache."""
@@ -134,14 +181,22 @@ class Sequences:
                       raw_item_ids=self.raw_item_ids)
         if self.timestamps is not None:
             arrays["timestamps"] = self.timestamps
+        if self.ratings is not None:
+            arrays["ratings"] = self.ratings
+        arrays["origin"] = np.array(json.dumps(self.origin, sort_keys=True, default=str))  # str, no pickle
         np.savez(tmp, **arrays)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Sequences:
-        with np.load(path) as z:
+        """Read a cache written by `save`, logging what data it holds (one line)."""
+        with np.load(path, allow_pickle=False) as z:
             ts = z["timestamps"] if "timestamps" in z.files else None
-            return cls(z["items"], z["offsets"], ts, z["raw_user_ids"], z["raw_item_ids"])
+            ratings = z["ratings"] if "ratings" in z.files else None
+            origin = json.loads(str(z["origin"])) if "origin" in z.files else {}
+            seqs = cls(z["items"], z["offsets"], ts, z["raw_user_ids"], z["raw_item_ids"], ratings, origin)
+        log.info("data: %s", json.dumps(seqs.describe(), default=str))
+        return seqs
 
 
 @dataclass

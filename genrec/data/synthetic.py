@@ -9,9 +9,18 @@ sequence model that learns the transitions does well.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import numpy as np
 
-from genrec.data.interactions import InteractionLog
+from genrec.data.interactions import DataError, InteractionLog, processed_key
+from genrec.rank_zero_log import get_logger
+
+log = get_logger(__name__)
+
+# Bump when generate_synthetic's output for the same settings changes: cached data is keyed on it.
+GENERATOR_VERSION = 1
 
 
 def generate_synthetic(
@@ -65,17 +74,37 @@ def generate_synthetic(
 
 
 class SyntheticSource:
-    """Hydra-buildable source with the same interface as `genrec.data.sources.Source`."""
+    """Hydra-buildable source with the same interface as `genrec.data.sources.Source`.
 
-    def __init__(self, name: str = "synthetic", **params) -> None:
+    `settings` holds every generator argument, defaults included, so a changed default
+    changes the cache key too.
+    """
+
+    def __init__(self, name: str = "synthetic", **params: Any) -> None:
         self.name = name
-        self.params = params
+        try:
+            bound = inspect.signature(generate_synthetic).bind(**params)
+        except TypeError as exc:  # a typo fails here, by name
+            raise DataError(f"data '{name}': bad synthetic setting: {exc}") from exc
+        bound.apply_defaults()
+        self.settings: dict[str, Any] = dict(bound.arguments)
+
+    def __repr__(self) -> str:
+        return f"SyntheticSource(name={self.name!r}, {self.settings})"
 
     def prepare(self, cache_dir) -> None:  # nothing to download
         return None
 
     def load(self, cache_dir) -> InteractionLog:
-        return generate_synthetic(**self.params)
+        interactions = generate_synthetic(**self.settings)
+        interactions.origin = {"name": self.name, "generator": "genrec.data.synthetic.generate_synthetic",
+                               "generator_version": GENERATOR_VERSION, "settings": dict(self.settings)}
+        log.info("data '%s': generated %d interactions with %s", self.name, len(interactions), self.settings)
+        return interactions
 
     def fingerprint(self) -> str:
-        return "synthetic-" + "-".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return processed_key(self.name, generator_version=GENERATOR_VERSION, **self.settings)
+
+    def cache_key(self, **preprocessing: Any) -> str:
+        """Key of the processed cache: generator settings and version plus every preprocessing parameter."""
+        return processed_key(self.fingerprint(), **preprocessing)

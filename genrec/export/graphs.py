@@ -1,16 +1,10 @@
-"""What a model declares for export: its graphs as all-tensor modules, with inputs and dynamic axes.
+"""What an export consists of: GraphSpec (an all-tensor module with named inputs, outputs, dynamic
+axes and FP32 boundary), the top-K head, and the SASRec family's graph modules.
 
-A model's `export_graphs(...)` returns a list of `GraphSpec`; onnx.py, parity.py, tensorrt.py and
-triton.py work from that list alone and know no model by name. Dynamic axes carry shared names,
-so TensorRT profiles and parity shapes are configured once per axis:
-
-    batch   users in a request
-    seq     the input sequence length T (score, prefill)
-    past    the cached length P of a decode step (0 = empty cache)
-
-This module imports torch only, so a model can import it lazily without the ONNX stack.
-The helpers below build the SASRec family's graphs (anything with encode/score, and
-prefill/decode/empty_cache when it streams); later model families add their own helpers.
+onnx.py, fp16.py, parity.py, tensorrt.py and triton.py work from GraphSpecs alone and know no
+model by name; genrec/export/builders.py picks which graphs a model gets from its capabilities.
+Dynamic axes carry names from the open registry genrec/export/axes.py (batch, seq, past, beam,
+enc_seq, cand, ...), so TensorRT profiles and parity shapes are configured once per axis.
 """
 
 from __future__ import annotations
@@ -21,13 +15,45 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from genrec.export.axes import AXES, get_axis
 from genrec.models.cache import KVCache
 
-AXES = ("batch", "seq", "past")
-# export traces with every dynamic axis at least 2, so the exporter cannot specialise it to 0 or 1
-EXAMPLE_SIZES = {"batch": 3, "seq": 5, "past": 4}
-
 Sampler = Callable[[dict[str, int], torch.Generator], dict[str, torch.Tensor]]
+
+# op types the FP16 variant computes in FP32 wherever they occur: normalisations and the ops that
+# overflow or lose precision in FP16 (sums of squares, exponentials)
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
+            "ReduceLogSumExp", "Exp", "Log", "Pow", "Sqrt", "Reciprocal",
+            "IsInf")  # IsInf takes no float16 before opset 20
+
+
+@dataclass(frozen=True)
+class FP32Boundary:
+    """What a graph's FP16 variant keeps in FP32 (genrec/export/fp16.py).
+
+    after:   module paths inside the graph module (e.g. "net.final_norm"): their nodes and every
+             node computed from them (a scorer's head after its final norm)
+    modules: module paths whose own nodes are FP32 (e.g. "head")
+    outputs: graph outputs that must come out FP32 (their producers are FP32; checked)
+    ops:     op types kept FP32 anywhere in the graph
+    A module path that matches no node of the exported graph is an error, so a renamed module
+    cannot silently drop out of the boundary.
+    """
+
+    after: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    ops: tuple[str, ...] = FP32_OPS
+
+    def describe(self) -> str:
+        parts = [f"ops {', '.join(self.ops)}"]
+        if self.modules:
+            parts.append(f"modules {', '.join(self.modules)}")
+        if self.after:
+            parts.append(f"everything from {', '.join(self.after)} on")
+        if self.outputs:
+            parts.append(f"outputs {', '.join(self.outputs)}")
+        return "fp16 compute; fp32 (explicit Casts): " + "; ".join(parts)
 
 
 @dataclass
@@ -35,8 +61,10 @@ class GraphSpec:
     """One exported graph.
 
     module:       tensors in (in `inputs` order), a tuple of tensors out (in `outputs` order)
-    dynamic_axes: input name -> {dim: axis name}; output axes follow from the exported graph
+    dynamic_axes: input name -> {dim: axis name}, names from genrec/export/axes.py; output axes
+                  follow from the exported graph
     sample:       (sizes per axis, generator) -> valid inputs by name, for export and parity
+    fp32:         what the FP16 variant keeps in FP32
     note:         said in the manifest (e.g. why a model exports fewer graphs)
     """
 
@@ -46,21 +74,33 @@ class GraphSpec:
     outputs: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
     sample: Sampler
+    fp32: FP32Boundary = field(default_factory=FP32Boundary)
     note: str = ""
     axes: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        used = {a for dims in self.dynamic_axes.values() for a in dims.values()}
-        unknown = used - set(AXES)
+        for axis in {a for dims in self.dynamic_axes.values() for a in dims.values()}:
+            try:
+                get_axis(axis)
+            except ValueError as err:
+                raise ValueError(f"graph {self.name}: {err}") from None
+        unknown = set(self.dynamic_axes) - set(self.inputs)
         if unknown:
-            raise ValueError(f"graph {self.name}: unknown axis names {sorted(unknown)}; use {AXES}")
-        self.axes = tuple(a for a in AXES if a in used)
+            raise ValueError(f"graph {self.name}: dynamic_axes names {sorted(unknown)}, "
+                             f"not inputs {self.inputs}")
+        missing = set(self.fp32.outputs) - set(self.outputs)
+        if missing:
+            raise ValueError(f"graph {self.name}: fp32 boundary names outputs {sorted(missing)} "
+                             "it does not have")
+        used = {a for dims in self.dynamic_axes.values() for a in dims.values()}
+        self.axes = tuple(a for a in AXES if a in used)  # registry order
 
     def example(self, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Inputs at `sizes` (default EXAMPLE_SIZES), in `inputs` order."""
+        """Inputs at `sizes` (default: each axis's registered example size), in `inputs` order."""
         gen = torch.Generator().manual_seed(seed)
+        defaults = {a: get_axis(a).example for a in self.axes}
         with torch.no_grad():
-            feeds = self.sample({**EXAMPLE_SIZES, **(sizes or {})}, gen)
+            feeds = self.sample({**defaults, **(sizes or {})}, gen)
         return {name: feeds[name] for name in self.inputs}
 
 
@@ -68,8 +108,10 @@ class TopKHead(nn.Module):
     """scores [B, N + 1] (column = item id, 0 = padding) -> top_items int64 [B, K], top_scores [B, K]
     (+ scores [B, N + 1] as ranked: -inf at padding and, with mask_history, at the user's history).
 
-    Runs in FP32 whatever the body's precision: the FP16 ONNX variant keeps every node after the
-    final LayerNorm, this head included, in FP32.
+    Never recommends the padding item or (with mask_history) an item of the user's history: when
+    fewer than K items remain, the slots past them hold item id 0 and score -inf (sorted last),
+    so a client stops at the first id 0. Runs in FP32 whatever the body's precision (the
+    graphs name it in their FP32 boundary).
     """
 
     def __init__(self, k: int, mask_history: bool = True, full_scores: bool = False) -> None:
@@ -90,6 +132,8 @@ class TopKHead(nn.Module):
         if self.mask_history:
             scores = scores.scatter(1, history, float("-inf"))  # [B, N + 1]
         top_scores, top_items = scores.topk(self.k, dim=1)  # [B, K], sorted descending
+        # a -inf slot is a masked item topk had to take: report "no item", never the masked one
+        top_items = top_items.masked_fill(top_scores == float("-inf"), 0)  # [B, K]
         return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
 
 
@@ -108,7 +152,7 @@ class ScoreGraph(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    """items [B, T] -> head outputs, present_kv [L, 2, B, H, T, Dh].
+    """items [B, T] -> head outputs, present_kv [L, 2, B, H, T, Dh], present_valid bool [B, T].
 
     The first decode step's past_items are these items (not an output: TensorRT engines do not
     pass an input straight through)."""
@@ -120,22 +164,24 @@ class PrefillGraph(nn.Module):
 
     def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
         scores, cache = self.net.prefill(items)
-        return (*self.head(scores, items), cache.kv)
+        return (*self.head(scores, items), cache.kv, cache.valid)
 
 
 class DecodeGraph(nn.Module):
-    """new_items [B, 1], past_kv [L, 2, B, H, P, Dh], past_items [B, P] -> head outputs,
-    present_kv [L, 2, B, H, P + 1, Dh], present_items [B, P + 1]."""
+    """new_items [B, 1], past_kv [L, 2, B, H, P, Dh], past_valid bool [B, P] (the cache's stored
+    fill), past_items [B, P] (the history the head masks, nothing else) -> head outputs,
+    present_kv [L, 2, B, H, P + 1, Dh], present_valid [B, P + 1], present_items [B, P + 1]."""
 
     def __init__(self, net: nn.Module, head: TopKHead) -> None:
         super().__init__()
         self.net = net
         self.head = head
 
-    def forward(self, new_items: torch.Tensor, past_kv: torch.Tensor,
+    def forward(self, new_items: torch.Tensor, past_kv: torch.Tensor, past_valid: torch.Tensor,
                 past_items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores, cache = self.net.decode(new_items, KVCache(past_kv, past_items))
-        return (*self.head(scores, cache.items), cache.kv, cache.items)
+        scores, cache = self.net.decode(new_items, KVCache(past_kv, past_valid))
+        items = torch.cat([past_items, new_items], 1)  # [B, P + 1] the history to mask
+        return (*self.head(scores, items), cache.kv, cache.valid, items)
 
 
 # ---- random valid inputs ----
@@ -154,41 +200,3 @@ def random_timestamps(items: torch.Tensor, gen: torch.Generator) -> torch.Tensor
     """int64 [B, T] non-decreasing seconds at real events (gaps up to ten days), 0 at padding."""
     gaps = torch.randint(0, 10 * 86_400, items.shape, generator=gen)  # [B, T]
     return (1_600_000_000 + gaps.cumsum(1)) * (items != 0)
-
-
-# ---- the SASRec family's declarations ----
-def score_spec(net: nn.Module, head: TopKHead, n_items: int, with_time: bool, note: str = "") -> GraphSpec:
-    inputs = ("items", "timestamps") if with_time else ("items",)
-
-    def sample(sizes: dict[str, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        items = random_items(sizes["batch"], sizes["seq"], n_items, gen)
-        if not with_time:
-            return {"items": items}
-        return {"items": items, "timestamps": random_timestamps(items, gen)}
-
-    axes = {name: {0: "batch", 1: "seq"} for name in inputs}
-    return GraphSpec("score", ScoreGraph(net, head), inputs, head.outputs, axes, sample, note)
-
-
-def streaming_specs(net: nn.Module, head: TopKHead, n_items: int) -> list[GraphSpec]:
-    """`prefill` and `decode` of a model with prefill/decode/empty_cache."""
-
-    def sample_prefill(sizes: dict[str, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"items": random_items(sizes["batch"], sizes["seq"], n_items, gen)}
-
-    def sample_decode(sizes: dict[str, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        b, p = sizes["batch"], sizes["past"]
-        # a real cache, as prefill leaves it; some users have no cached event at all
-        past = random_items(b, p, n_items, gen, min_len=0)
-        cache = net.prefill(past)[1] if p else net.empty_cache(b)
-        return {"new_items": random_items(b, 1, n_items, gen), "past_kv": cache.kv, "past_items": cache.items}
-
-    prefill = GraphSpec("prefill", PrefillGraph(net, head), ("items",), (*head.outputs, "present_kv"),
-                        {"items": {0: "batch", 1: "seq"}}, sample_prefill)
-    decode = GraphSpec(
-        "decode", DecodeGraph(net, head), ("new_items", "past_kv", "past_items"),
-        (*head.outputs, "present_kv", "present_items"),
-        {"new_items": {0: "batch"}, "past_kv": {2: "batch", 4: "past"},
-         "past_items": {0: "batch", 1: "past"}},
-        sample_decode)
-    return [prefill, decode]

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import torch
 
+from genrec.export.axes import get_axis
 from genrec.export.graphs import GraphSpec
 
 TOP_ITEMS, TOP_SCORES = "top_items", "top_scores"
@@ -37,17 +38,23 @@ class Case:
 
 def graph_shapes(spec: GraphSpec, shapes: list[dict[str, int]]) -> list[dict[str, int]]:
     """The configured shapes restricted to this graph's axes, deduplicated; each axis must take
-    at least two values (and `past` the value 0), else the check proves little."""
+    at least two values (and 0 when the axis registry allows it, e.g. `past`), else the check
+    proves little."""
     out: list[dict[str, int]] = []
     for sizes in shapes:
+        missing = [a for a in spec.axes if a not in sizes]
+        if missing:
+            raise ValueError(f"parity.shapes entry {sizes} gives no size for axis {missing} of graph "
+                             f"{spec.name}: add it to every entry")
         picked = {a: int(sizes[a]) for a in spec.axes}
         if picked not in out:
             out.append(picked)
     for axis in spec.axes:
         values = {s[axis] for s in out}
-        if len(values) < 2 or (axis == "past" and 0 not in values):
+        zero = get_axis(axis).min_size == 0
+        if len(values) < 2 or (zero and 0 not in values):
             raise ValueError(f"parity.shapes gives axis '{axis}' of graph {spec.name} the values "
-                             f"{sorted(values)}: need two or more{', including 0' if axis == 'past' else ''}")
+                             f"{sorted(values)}: need two or more{', including 0' if zero else ''}")
     return out
 
 

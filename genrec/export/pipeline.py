@@ -1,8 +1,8 @@
 """export(cfg): best checkpoint -> ONNX graphs (FP32 + FP16) checked in onnxruntime -> manifest,
 then optionally TensorRT engines and a Triton repository. Called by export.py and by the tests.
 
-The model declares its graphs (`net.export_graphs(...)`, genrec/export/graphs.py); nothing here
-knows a model by name.
+Which graphs a model gets is decided by its capabilities (genrec/export/builders.py), with each
+builder's options from `cfg.graphs.<builder>`; nothing here knows a model by name.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import onnx
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genrec.run.checkpoint import CheckpointError, build_net, read_checkpoint
-from genrec.export import parity, tensorrt, tensorrt_ops, triton
+from genrec.export import axes, parity, tensorrt, tensorrt_ops, triton
+from genrec.export.builders import applicable, graph_specs
+from genrec.export.fp16 import to_fp16
 from genrec.export.graphs import GraphSpec
-from genrec.export.onnx import dynamic_axes, export_onnx, signature, to_fp16
+from genrec.export.onnx import dynamic_axes, export_onnx, signature
 from genrec.rank_zero_log import get_logger
+from genrec.run.checkpoint import CheckpointError, build_net, read_checkpoint
 
 log = get_logger(__name__)
-
-FP16_NOTE = ("fp16 compute; LayerNormalization, Softmax, reductions/exponentials and the score head "
-             "(after the final norm) in fp32 by Casts")
-
 
 class ExportError(RuntimeError):
     """A graph failed its parity or TensorRT-operator check (details in the manifest)."""
@@ -37,12 +35,13 @@ def export(cfg: DictConfig) -> dict:
     """Returns a summary: export_dir, graphs, the worst relative error per precision, passed."""
     if cfg.target not in ("onnx", "tensorrt", "triton"):
         raise ValueError(f"target must be onnx, tensorrt or triton, got {cfg.target!r}")
+    axes.profiles(OmegaConf.to_container(cfg.tensorrt.profiles, resolve=True) or {})  # fail before exporting
     ckpt_path = find_checkpoint(cfg.get("run_dir"), cfg.get("ckpt_path"))
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, allow_unsafe=bool(cfg.get("allow_unsafe_checkpoint", False)))
     net = load_net(ckpt, ckpt_path, cfg.get("model_target"))
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else _default_out_dir(cfg.get("run_dir"), ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs: list[GraphSpec] = net.export_graphs(**OmegaConf.to_container(cfg.graphs, resolve=True))
+    specs: list[GraphSpec] = graph_specs(net, OmegaConf.to_container(cfg.graphs, resolve=True) or {})
     manifest = _manifest_header(cfg, ckpt, ckpt_path, net)
     failures: list[str] = []
     for spec in specs:
@@ -79,6 +78,8 @@ def find_checkpoint(run_dir: str | None, ckpt_path: str | None) -> Path:
             for candidate in (Path(best), run / "checkpoints" / Path(best).name):
                 if candidate.is_file():
                     return candidate
+            raise CheckpointError(f"best checkpoint {best} is recorded in {metrics} but missing; "
+                                  "pass ckpt_path=<file> to export another one")
     found = sorted((run / "checkpoints").glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise CheckpointError(f"{run}: no best checkpoint recorded (metrics.json 'best_checkpoint' or "
@@ -97,8 +98,9 @@ def load_net(ckpt: dict, path: Path, expected_target: str | None) -> torch.nn.Mo
     if expected_target and found != expected_target:
         raise CheckpointError(f"{path}: checkpoint holds model {found}, not the expected {expected_target}")
     net = build_net(ckpt, path).eval()
-    if not callable(getattr(net, "export_graphs", None)):
-        raise CheckpointError(f"{path}: model {found} declares no export graphs (no export_graphs method)")
+    if not applicable(net):
+        raise CheckpointError(f"{path}: model {found} declares no export graphs (no graph builder in "
+                              "genrec/export/builders.py accepts it)")
     return net
 
 
@@ -125,7 +127,7 @@ def _export_graph(spec: GraphSpec, out_dir: Path, cfg: DictConfig, failures: lis
     model = export_onnx(spec, out_dir / f"{spec.name}.onnx", cfg.opset)
     variants = {"fp32": (model, out_dir / f"{spec.name}.onnx")}
     if cfg.fp16:
-        variants["fp16"] = (to_fp16(model), out_dir / f"{spec.name}.fp16.onnx")
+        variants["fp16"] = (to_fp16(model, spec.fp32), out_dir / f"{spec.name}.fp16.onnx")
         onnx.save(*variants["fp16"])
     for precision, (graph, file) in variants.items():
         record = entry["variants"][precision] = _check_variant(spec, precision, graph, file, cases, cfg)
@@ -151,7 +153,7 @@ def _check_variant(spec: GraphSpec, precision: str, graph: onnx.ModelProto, file
     check["provider"] = session.get_providers()[0]
     return {
         "file": file.name, "sha256": _sha256(file),
-        "precision": precision if precision == "fp32" else FP16_NOTE,
+        "precision": precision if precision == "fp32" else spec.fp32.describe(),
         "opset": cfg.opset, "signature": signature(graph), "dynamic_axes": dynamic_axes(graph),
         "ops": sorted({n.op_type for n in graph.graph.node}), "onnx_checker": True,
         "tensorrt_ops_supported": not problems, "tensorrt_op_problems": problems, "parity": check,
@@ -165,7 +167,7 @@ def _tensorrt(manifest: dict, out_dir: Path, cfg: DictConfig) -> None:
     trt_cfg = cfg.tensorrt
     tensorrt.require()
     precision = trt_cfg.precision
-    profiles = OmegaConf.to_container(trt_cfg.profiles, resolve=True)
+    profiles = axes.profiles(OmegaConf.to_container(trt_cfg.profiles, resolve=True) or {})
     failures = []
     for name, graph in manifest["graphs"].items():
         variant = graph["variants"][precision]

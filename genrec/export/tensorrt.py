@@ -1,7 +1,7 @@
 """ONNX -> TensorRT engine (TensorRT 10 and 11 Python APIs), its check on the golden inputs, and
 the supported-operator check that runs everywhere.
 
-Precision comes from the graph: the FP16 ONNX variant (genrec/export/onnx.py `to_fp16`) is built
+Precision comes from the graph: the FP16 ONNX variant (genrec/export/fp16.py `to_fp16`) is built
 as a strongly typed network, which TensorRT 11 requires (it dropped BuilderFlag.FP16) and 10.x
 supports. `tensorrt` is imported lazily: without it, or without a CUDA GPU, `require()` raises
 TensorRTUnavailable with one sentence and nothing else in this module is reached.

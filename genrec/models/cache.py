@@ -1,15 +1,19 @@
-"""The K/V cache of a causal transformer, as plain tensors so it crosses an ONNX/TensorRT boundary.
+"""The K/V cache of a transformer decoder, as plain tensors so it crosses an ONNX/TensorRT boundary.
 
-One stacked tensor holds every layer's keys and values, and a second one the item (token) id of
-every cached slot, 0 marking padding. The fill is therefore stored, never inferred from the
-keys: which slots are padding is `items == 0`, a user's event count is their non-zero slots.
-With left padding every user's newest event sits in the last slot, so a decode step appends
-the whole batch's new events at one column and the past length P is one number for the batch.
+Two parts:
+- self-attention, growing: one stacked tensor of every layer's keys and values over the P cached
+  positions, and `valid`, bool [B, P], which of those slots hold a real event (token). The fill is
+  stored, never inferred from token ids: an event may be several tokens, and token 0 may be a
+  real code in another model's vocabulary. A caller appends T positions together (one column for
+  the whole batch), so a row without a new event gets an invalid slot, not a shifted cache;
+  `lengths()` counts each row's real slots.
+- cross-attention, fixed (an encoder-decoder such as RPG_ED): every decoder layer's K/V over the
+  S encoder positions and `enc_valid`, bool [B, S], the encoder's padding mask. Computed once at
+  prefill; None for a decoder-only model.
 
+`reorder` (beam parents) and `repeat_interleave` (opening beams) move every part together.
 Growing by concatenation is what the exported decode graph does (P is a dynamic axis, P = 0 an
-empty cache). A preallocated cache written at explicit positions is the TensorRT-friendlier
-alternative when P gets large; the interface here (`layer`, `seq_len`, `reorder`,
-`repeat_interleave`) is what such a variant would keep.
+empty cache); a preallocated variant written at explicit positions would keep this interface.
 """
 
 from __future__ import annotations
@@ -22,46 +26,65 @@ KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, P, head_dim]
 
 
 class KVCache(NamedTuple):
-    """kv: float [layers, 2, B, heads, P, head_dim] (index 0 keys, 1 values);
-    items: int64 [B, P] the id cached at each slot, 0 = padding."""
+    """kv:        float [L, 2, B, H, P, Dh] self-attention keys (index 0) and values (1)
+    valid:     bool [B, P] which cached slots are real (the stored fill)
+    cross_kv:  float [L, 2, B, H, S, Dh] cross-attention K/V, fixed (None: decoder-only)
+    enc_valid: bool [B, S] which encoder positions are real (None: decoder-only)"""
 
     kv: torch.Tensor
-    items: torch.Tensor
+    valid: torch.Tensor
+    cross_kv: torch.Tensor | None = None
+    enc_valid: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, layers: int, batch: int, heads: int, head_dim: int,
-              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
-        """A cache with P = 0, what a user starts from before any event."""
+              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+              cross_kv: torch.Tensor | None = None, enc_valid: torch.Tensor | None = None) -> KVCache:
+        """A cache with P = 0 (before any event), beside an optional fixed cross part."""
         kv = torch.zeros(layers, 2, batch, heads, 0, head_dim, dtype=dtype, device=device)
-        return cls(kv, torch.zeros(batch, 0, dtype=torch.long, device=device))
+        valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        return cls(kv, valid, cross_kv, enc_valid)
 
     @classmethod
-    def from_layers(cls, present: list[KV], items: torch.Tensor) -> KVCache:
-        """Stack the per-layer (k, v) [B, H, P, Dh] that attention returned; items [B, P]."""
-        return cls(torch.stack([torch.stack(kv) for kv in present]), items)
+    def from_layers(cls, present: list[KV], valid: torch.Tensor, cross_kv: torch.Tensor | None = None,
+                    enc_valid: torch.Tensor | None = None) -> KVCache:
+        """Stack the per-layer (k, v) [B, H, P, Dh] that attention returned; valid bool [B, P]."""
+        return cls(torch.stack([torch.stack(kv) for kv in present]), valid, cross_kv, enc_valid)
+
+    def grown(self, present: list[KV], new_valid: torch.Tensor) -> KVCache:
+        """This cache after a step: present = the per-layer (k, v) over P + T positions that
+        attention returned (past and new), new_valid bool [B, T] which new positions are real."""
+        valid = torch.cat([self.valid, new_valid.to(torch.bool)], 1)  # [B, P + T]
+        return KVCache.from_layers(present, valid, self.cross_kv, self.enc_valid)
 
     @property
     def seq_len(self) -> int:
-        """P, the number of cached slots (padding included)."""
-        return self.items.shape[1]
-
-    @property
-    def valid(self) -> torch.Tensor:
-        """bool [B, P]: which cached keys are real events."""
-        return self.items != 0
+        """P, the number of cached self-attention slots (invalid ones included)."""
+        return self.valid.shape[1]
 
     def lengths(self) -> torch.Tensor:
-        """int64 [B]: each user's cached event count (the position of their newest event)."""
+        """int64 [B]: each row's real cached slots (for SASRec, the position of its newest event)."""
         return self.valid.long().sum(1)
 
     def layer(self, i: int) -> KV:
-        """Layer i's (keys, values), each [B, heads, P, head_dim]."""
+        """Layer i's self-attention (keys, values), each [B, heads, P, head_dim]."""
         return self.kv[i, 0], self.kv[i, 1]
 
+    def cross_layer(self, i: int) -> KV:
+        """Layer i's cross-attention (keys, values), each [B, heads, S, head_dim]."""
+        if self.cross_kv is None:
+            raise ValueError("this cache has no cross-attention part (a decoder-only model's cache)")
+        return self.cross_kv[i, 0], self.cross_kv[i, 1]
+
     def reorder(self, index: torch.Tensor) -> KVCache:
-        """Select / permute users (beam search parents): index int64 [B']."""
-        return KVCache(self.kv.index_select(2, index), self.items.index_select(0, index))
+        """Select / permute rows (beam search parents): index int64 [B']; every part follows."""
+        return KVCache(*(None if t is None else t.index_select(dim, index)
+                         for t, dim in zip(self, _BATCH_DIMS, strict=True)))
 
     def repeat_interleave(self, n: int) -> KVCache:
-        """Each user repeated n times in a row ([B] -> [B * n]), e.g. to open n beams."""
-        return KVCache(self.kv.repeat_interleave(n, dim=2), self.items.repeat_interleave(n, dim=0))
+        """Each row repeated n times in a row ([B] -> [B * n]), e.g. to open n beams."""
+        return KVCache(*(None if t is None else t.repeat_interleave(n, dim=dim)
+                         for t, dim in zip(self, _BATCH_DIMS, strict=True)))
+
+
+_BATCH_DIMS = (2, 0, 2, 0)  # the batch dimension of kv, valid, cross_kv, enc_valid

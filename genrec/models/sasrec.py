@@ -15,6 +15,7 @@ from torch import nn
 
 from genrec.models.cache import KVCache
 from genrec.models.layers import KV, FastDropout, TransformerBlock, causal_padding_mask, residual_class
+from genrec.validation import ConfigError, check_ranges
 
 
 @dataclass
@@ -34,6 +35,16 @@ class SASRecConfig:
     # None: xavier-normal weights (pmixer's SASRec.pytorch); a float: N(0, init_std) for every
     # Linear and Embedding, biases zero (SASRec+ and GPT-2 use 0.02: blocks start near identity)
     init_std: float | None = None
+
+    def __post_init__(self) -> None:  # every numeric field in range, named (issue 13)
+        check_ranges("model", self, {
+            "n_items": {"lo": 1}, "maxlen": {"lo": 1}, "hidden_units": {"lo": 1}, "num_blocks": {"lo": 1},
+            "num_heads": {"lo": 1}, "dropout": {"lo": 0, "hi": 1, "hi_open": True, "integer": False},
+            "mhc_expansion": {"lo": 1}, "mhc_sinkhorn_iters": {"lo": 1},
+            "init_std": {"lo": 0, "integer": False, "optional": True}})
+        if self.hidden_units % self.num_heads:
+            raise ConfigError(f"model.hidden_units={self.hidden_units}: must be divisible by "
+                              f"model.num_heads={self.num_heads}")
 
 
 class SASRec(nn.Module):
@@ -145,22 +156,22 @@ class SASRec(nn.Module):
         """items int [B, T] left-padded -> (next-item scores [B, n_items + 1], cache over T)."""
         self._check_streams()
         hidden, present = self._run(items, None, past=None, past_valid=None, past_len=None)
-        return self.score(hidden[:, -1]), KVCache.from_layers(present, items)  # [B, N+1]
+        return self.score(hidden[:, -1]), KVCache.from_layers(present, items != 0)  # [B, N+1]
 
     def decode(self, new_items: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """new_items int [B, 1] (0 for a user without a new event: their slot is padding and their
-        scores meaningless this step) -> (scores [B, n_items + 1], cache over P + 1).
+        """new_items int [B, 1] (0 for a user without a new event: their slot is stored invalid and
+        their scores are meaningless this step) -> (scores [B, n_items + 1], cache over P + 1).
 
-        Equals the full forward over the cached items plus the new ones while a user's events
-        fit in maxlen; past that, positions saturate where a full forward would slide its
-        window: re-prefill the newest maxlen items then.
+        Which cached keys are real comes from the cache's stored fill (`cache.valid`), never
+        from item ids. Equals the full forward over the cached items plus the new ones while a
+        user's events fit in maxlen; past that, positions saturate where a full forward would
+        slide its window: re-prefill the newest maxlen items then.
         """
         self._check_streams()
         past = [cache.layer(i) for i in range(len(self.blocks))]
         hidden, present = self._run(new_items, None, past=past, past_valid=cache.valid,
                                     past_len=cache.lengths())
-        items = torch.cat([cache.items, new_items], 1)  # [B, P + 1]
-        return self.score(hidden[:, -1]), KVCache.from_layers(present, items)
+        return self.score(hidden[:, -1]), cache.grown(present, new_items != 0)
 
     def empty_cache(self, batch: int, device: torch.device | str = "cpu") -> KVCache:
         """The P = 0 cache of `batch` users (no events yet)."""
@@ -172,22 +183,3 @@ class SASRec(nn.Module):
         if not self.streams:
             raise TypeError(f"{type(self).__name__} cannot stream: prefill/decode carry item ids only and "
                             "its attention needs timestamps; use encode + score")
-
-    # ---- export ----
-    def export_graphs(self, top_k: int = 10, mask_history: bool = True,
-                      full_scores: bool = False) -> list:
-        """The graphs this model exports (genrec/export/graphs.py GraphSpec): `score` always,
-        `prefill` + `decode` when it streams. Top-K runs inside each graph; with mask_history
-        the items already in the sequence (or cache) are never recommended."""
-        from genrec.export import graphs as g  # noqa: PLC0415  (export-only code)
-
-        n = self.config.n_items
-        head = g.TopKHead(min(top_k, n), mask_history, full_scores)
-        note = "" if self.streams else (
-            "score only: the attention needs timestamps (personal interval scaling), which the "
-            "prefill/decode graphs do not carry; streaming it would also need the running minimum "
-            "interval in the cache")
-        specs = [g.score_spec(self, head, n, with_time=self.needs_time, note=note)]
-        if self.streams:
-            specs += g.streaming_specs(self, head, n)
-        return specs

@@ -27,11 +27,16 @@ from torch import nn
 
 from genrec.models.layers import KV, FastDropout, project_qkv
 from genrec.models.sasrec import SASRec, SASRecConfig
+from genrec.validation import check_ranges
 
 
 @dataclass
 class TiSASRecConfig(SASRecConfig):
     time_span: int = 256  # the largest interval bucket k; longer (scaled) intervals are clipped to it
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges("model", self, {"time_span": {"lo": 1}})
 
 
 def interval_matrix(timestamps: torch.Tensor, valid: torch.Tensor, time_span: int) -> torch.Tensor:
@@ -108,6 +113,10 @@ class TiSASRec(SASRec):
 
     needs_time = True
     config_class = TiSASRecConfig
+    # why it exports a score graph only (the manifest's note; genrec/export/builders.py reads it)
+    not_streaming_reason = ("the attention needs timestamps (personal interval scaling), which the "
+                            "prefill/decode graphs do not carry; streaming it would also need the running "
+                            "minimum interval in the cache")
 
     def __init__(self, **fields) -> None:
         super().__init__(**fields)

@@ -4,10 +4,12 @@
   stream of epoch e does not depend on how the run got there (straight through or resumed).
 - `NonFiniteLossGuard`: stops at the first NaN/inf loss, before the update, on every rank.
 - `AtomicCheckpointIO`: a checkpoint file is either the old one or the new one, never half.
+- `BestValidationMetrics`: the best validation pass's metrics, logged as `val/..._best`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import uuid
@@ -113,10 +115,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if _disk_full(err):  # one line instead of torch's writer errors; older files are intact
+                raise DiskFullError(f"no space left on {path.parent} (writing {path.name}); "
+                                    "free space there and resume: python train.py ckpt_path=last") from err
             raise
         _fsync_dir(path.parent)  # the rename itself survives a power loss
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written: its filesystem is full."""
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (torch's writer may wrap the OSError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -125,3 +145,66 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class BestValidationMetrics(Callback):
+    """Keeps every `val/...` metric of the best validation pass, logged as `<key>_best`.
+
+    After each validation pass (not the sanity check) in which `monitor` improved, the pass's
+    `val/...` values are snapshotted; the snapshot is logged to every logger and put into
+    `trainer.callback_metrics` as e.g. `val/ndcg@10_best`, so `metrics.json` and a sweeper's
+    `optimized_metric` report the best checkpoint's validation metrics, not the last epoch's.
+    The snapshot is in the checkpoint: a resumed run keeps its best. Under DDP the metric values
+    are already reduced across ranks when this runs.
+    """
+
+    SUFFIX = "_best"
+
+    def __init__(self, monitor: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestValidationMetrics mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.best_score: float | None = None
+        self.best: dict[str, float] = {}  # the best pass's val/... values, keys without suffix
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    def best_metrics(self) -> dict[str, float]:
+        """The best pass's metrics under their `<key>_best` names (empty before any pass)."""
+        return {f"{k}{self.SUFFIX}": v for k, v in self.best.items()}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            log.warning("BestValidationMetrics: %s was not logged in this validation pass", self.monitor)
+            return
+        score = float(value)
+        if self._improved(score):
+            self.best_score = score
+            self.best = {k: float(v) for k, v in trainer.callback_metrics.items()
+                         if k.startswith("val/") and not k.endswith(self.SUFFIX)}
+        best = self.best_metrics()
+        for key, v in best.items():
+            trainer.callback_metrics[key] = torch.tensor(v)
+        for logger in trainer.loggers:
+            logger.log_metrics(best, step=trainer.global_step)
+
+    def _improved(self, score: float) -> bool:
+        if score != score:  # NaN never improves
+            return False
+        if self.best_score is None:
+            return True
+        return score > self.best_score if self.mode == "max" else score < self.best_score
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode, "best_score": self.best_score,
+                "best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict["best_score"]
+        self.best = dict(state_dict["best"])

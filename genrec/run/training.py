@@ -11,27 +11,29 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from genrec.run.callbacks import AtomicCheckpointIO, EpochSeed
+from genrec.rank_zero_log import get_logger
+from genrec.run.callbacks import AtomicCheckpointIO, BestValidationMetrics, EpochSeed
 from genrec.run.checkpoint import ConfigInCheckpoint
 from genrec.run.distributed import torchrun_trainer_overrides
-from genrec.run.wandb_logger import WandbRunLogger
-from genrec.rank_zero_log import get_logger
 from genrec.run.report import print_metrics_table
 from genrec.run.resume import keep_csv_history, resolve_ckpt_path
+from genrec.run.wandb_logger import WandbRunLogger
+from genrec.tasks.base import required_inputs
+from genrec.validation import check_writable
 
 log = get_logger(__name__)
 
 
 def build_components(cfg: DictConfig):
-    """(datamodule, task) from the config; the data decides n_items before the model exists."""
+    """(datamodule, task) from the config: the data says what the model is built from
+    (model_kwargs) and which inputs it has; the task says which batch fields it reads."""
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
-    net = instantiate(cfg.model, n_items=datamodule.n_items)
-    if getattr(net, "needs_time", False) and not datamodule.has_time:
-        raise ValueError(f"model {cfg.model._target_} needs timestamps, but data "
-                         f"'{datamodule.source.name}' has none; pick a dataset with time")
+    net = instantiate(cfg.model, **datamodule.model_kwargs())
+    datamodule.check_inputs(required_inputs(net), cfg.model._target_)
     task = instantiate(cfg.task, net=net)
+    datamodule.require_fields(train=task.batch_fields("train"), eval=task.batch_fields("eval"))
     return datamodule, task
 
 
@@ -56,6 +58,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=rank_zero_only.rank == 0)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir)
+    if rank_zero_only.rank == 0:  # an output that cannot be written fails now, not after an epoch
+        check_output_dirs(cfg)
     datamodule, task = build_components(cfg)
     trainer = build_trainer(cfg)
     if rank_zero_only.rank == 0:
@@ -77,21 +81,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, task, datamodule, ckpt_path: str | None) -> dict:
-    keep_csv_history(trainer.loggers, ckpt_path)
+    unsafe = bool(cfg.get("allow_unsafe_checkpoint", False))  # default: tensors and plain data only
+    keep_csv_history(trainer.loggers, ckpt_path, unsafe)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
-    # our own checkpoints hold the partial optimizer config, so not weights_only
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not unsafe)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    for callback in trainer.callbacks:  # the best validation pass's val/..._best, beside the last's
+        if isinstance(callback, BestValidationMetrics):
+            metrics |= callback.best_metrics()
     if cfg.get("test", True):
         best = _best_checkpoint(trainer)
-        trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
+        trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=not unsafe)
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()
                     if k.startswith(("test/", "popularity/"))}
         metrics["best_checkpoint"] = best
         _log_to_wandb(trainer, metrics, best)
     return metrics
+
+
+def check_output_dirs(cfg: DictConfig) -> None:
+    """The run directory and every ModelCheckpoint dirpath exist and take a file (ConfigError)."""
+    check_writable("paths.output_dir", cfg.paths.output_dir)
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if callback is not None and str(callback.get("_target_", "")).endswith("ModelCheckpoint") \
+                and callback.get("dirpath"):
+            check_writable(f"callbacks.{name}.dirpath", callback.dirpath)
 
 
 def _log_to_wandb(trainer: L.Trainer, metrics: dict, best: str | None) -> None:

@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from genrec.run.report import split_key
+
 
 def wandb_api_key_available() -> bool:
     """WANDB_API_KEY is set, or `wandb login` stored a key in ~/.netrc for the W&B host."""
@@ -73,14 +75,15 @@ class WandbRunLogger(WandbLogger):
 
     @rank_zero_only
     def log_test_table(self, metrics: dict[str, float]) -> None:
-        """The test metrics as one W&B table: metric, scorer (model/popularity), protocol, value."""
+        """Every test metric as one W&B table: metric (any name: hr@10, recall@5, auc...), scorer
+        (model or a baseline such as popularity), protocol (full, sampled...), value."""
         rows = []
         for key, value in sorted(metrics.items()):
-            if not key.startswith(("test/", "popularity/test/")):
+            parsed = split_key(key) if isinstance(value, int | float) else None
+            if parsed is None or parsed[0].split(" ")[1] != "test":
                 continue
-            scorer = "popularity" if key.startswith("popularity/") else "model"
-            protocol = "sampled" if "/sampled/" in key else "full"
-            rows.append([key.rsplit("/", 1)[-1], scorer, protocol, float(value)])
+            scorer, _, *protocol = parsed[0].split(" ")
+            rows.append([key.rsplit("/", 1)[-1], scorer, "/".join(protocol) or "full", float(value)])
         self.log_table("test/table", columns=["metric", "scorer", "protocol", "value"], data=rows)
 
     @rank_zero_only

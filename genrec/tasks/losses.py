@@ -5,9 +5,15 @@ excluded, but never holds the [N, n_items] logits: it walks row chunks that stay
 and computes the gradient in the same pass (the fused "linear cross-entropy" of Liger and
 Apple's Cut-Cross-Entropy). On ML-1M (N = 25,600 positions x 3,417 items per batch) the
 plain version spends most of a step allocating and re-reading the logits tensor.
+
+`sampled_softmax_cross_entropy` scores the target against K uniform negatives shared by the
+whole batch (gSASRec's setting, K = 256): [N, 1 + K] logits instead of [N, n_items], with
+accidental hits masked and an optional logQ correction.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -84,3 +90,43 @@ def resolve_matmul_dtype(name: str, device: torch.device) -> torch.dtype:
     else:
         native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.bfloat16 if native else torch.float32
+
+
+def sample_negatives(shape: tuple[int, ...], n_items: int, device: torch.device) -> torch.Tensor:
+    """int `shape` item ids drawn uniformly (with replacement) from 1..n_items, on `device` with
+    the global torch generator (seeded by Lightning's seed_everything)."""
+    return torch.randint(1, n_items + 1, shape, device=device)
+
+
+def sampled_softmax_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                  negatives: torch.Tensor, logq_correction: bool = True,
+                                  matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean cross-entropy of each target against itself plus K uniform negatives.
+
+    hidden float [B, T, D]; weight float [V, D] (row 0 = padding, V - 1 = n_items); targets int
+    [B, T] in 1..V-1, 0 = no loss at that position; negatives int [K] (shared by the batch) or
+    [B, K] (shared by the positions of one sequence), drawn uniformly with replacement. Per-sequence
+    negatives cost the same FLOPs as shared ones but give every item embedding a gradient each step
+    (B x K draws), which Adam's per-parameter step needs. A negative equal to a position's target
+    (an accidental hit) is masked out there. With `logq_correction` the negatives' logits get
+    + log(n_items / K), the log of 1 / (K q) for uniform q = 1 / n_items: the sum of their exps is
+    then an unbiased estimate of the full softmax's denominator (minus the target), so the loss
+    estimates full cross-entropy, and with negatives = every item once it equals it exactly.
+    Without it the loss is the plain sampled softmax over 1 + K candidates. The softmax runs in
+    fp32 whatever `matmul_dtype`.
+    """
+    h = hidden.to(matmul_dtype)
+    neg_w = weight[negatives].to(matmul_dtype)  # [K, D] or [B, K, D]
+    if negatives.dim() == 1:
+        neg = (h @ neg_w.T).float()  # [B, T, K]
+        hits = negatives.view(1, 1, -1) == targets.unsqueeze(-1)  # [B, T, K]
+    else:
+        neg = torch.bmm(h, neg_w.transpose(1, 2)).float()  # [B, T, K]
+        hits = negatives.unsqueeze(1) == targets.unsqueeze(-1)  # [B, T, K]
+    if logq_correction:
+        neg = neg + math.log((weight.shape[0] - 1) / negatives.shape[-1])
+    pos = (hidden * weight[targets]).sum(-1, keepdim=True).float()  # [B, T, 1]
+    logits = torch.cat([pos, neg.masked_fill(hits, float("-inf"))], -1)  # [B, T, 1 + K], target first
+    mask = targets > 0  # [B, T]
+    logits = logits[mask]  # [N, 1 + K]
+    return torch.nn.functional.cross_entropy(logits, targets.new_zeros(logits.shape[0]))

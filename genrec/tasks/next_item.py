@@ -1,18 +1,15 @@
-"""Next-item prediction: the LightningModule of every scorer (SASRec, TiSASRec, +mHC).
+"""Next-item prediction: the task of every scorer (SASRec, TiSASRec, +mHC).
 
-It owns the loss, the metrics and the optimizer; the network is a plain nn.Module with
-`encode(items, timestamps) -> [B, T, D]` and `score(hidden, items=None)`.
+It owns the loss and the evaluation (metrics, optimizer, baselines: genrec/tasks/base.py); the
+network is a plain nn.Module with `encode(**batch.model_inputs()) -> [B, T, D]` (keywords:
+`items`, `timestamps` when the data has them) and `score(hidden, items=None)`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -20,8 +17,14 @@ from torch import nn
 
 from genrec.data.datasets import SequenceBatch
 from genrec.rank_zero_log import get_logger
-from genrec.metrics import RankingMetrics, full_ranking_ranks, rank_of_target
-from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
+from genrec.tasks.base import RecTask, net_inputs
+from genrec.tasks.losses import (
+    linear_cross_entropy,
+    resolve_matmul_dtype,
+    sample_negatives,
+    sampled_softmax_cross_entropy,
+)
+from genrec.validation import check_range
 
 log = get_logger(__name__)
 
@@ -31,24 +34,39 @@ warnings.filterwarnings("ignore", ".*logging on epoch level in distributed setti
 
 
 def next_item_loss(net: nn.Module, batch: SequenceBatch, kind: str,
-                   ce_matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                   ce_matmul_dtype: torch.dtype = torch.float32, num_negatives: int = 256,
+                   logq_correction: bool = True, encoder_dtype: torch.dtype = torch.float32,
+                   shared_negatives: bool = False) -> torch.Tensor:
     """The training loss at every position that has a next item (plain function: the
-    benchmark's Lightning-free loop calls it too)."""
-    hidden = net.encode(batch.items, batch.timestamps)  # [B, T, D]
+    benchmark's Lightning-free loop calls it too). encoder_dtype=bfloat16 runs the encoder
+    under autocast (the losses' softmax stays fp32)."""
+    with torch.autocast(batch.items.device.type, dtype=encoder_dtype,
+                        enabled=encoder_dtype != torch.float32):
+        hidden = net.encode(**net_inputs(net.encode, batch.model_inputs())).float()  # [B, T, D]
     mask = batch.targets > 0  # [B, T]
     h = hidden[mask]  # [N, D]
     targets = batch.targets[mask]  # [N]
     if kind == "ce":
         # = cross_entropy(score(h), targets) without materialising [N, n_items] logits
         return linear_cross_entropy(h, net.item_embeddings(), targets, matmul_dtype=ce_matmul_dtype)
+    if kind == "sampled_softmax":
+        # the target against num_negatives uniform items per sequence (or shared by the batch)
+        weight = net.item_embeddings()  # [n_items + 1, D]
+        shape = (num_negatives,) if shared_negatives else (len(batch), num_negatives)
+        negatives = sample_negatives(shape, weight.shape[0] - 1, hidden.device)  # [K] or [B, K]
+        return sampled_softmax_cross_entropy(hidden, weight, batch.targets, negatives, logq_correction)
     pos = net.score(h, targets.unsqueeze(1)).squeeze(1)  # [N]
     neg = net.score(h, batch.negatives[mask].unsqueeze(1)).squeeze(1)  # [N]
     return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + \
         F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
 
 
-class NextItemTask(L.LightningModule):
-    """Losses: "ce" (full softmax over the catalogue) or "bce" (the paper's one negative per position)."""
+class NextItemTask(RecTask):
+    """Losses: "ce" (full softmax over the catalogue), "bce" (the paper's one negative per position)
+    or "sampled_softmax" (the target against task.num_negatives uniform items shared by the batch).
+    Evaluation: the newest position's scores over the whole catalogue (see RecTask.rank_scores)."""
+
+    LOSSES = ("ce", "bce", "sampled_softmax")
 
     def __init__(
         self,
@@ -60,96 +78,46 @@ class NextItemTask(L.LightningModule):
         mask_history: bool = True,
         weight_decay: float = 0.0,
         ce_matmul_dtype: str = "auto",
+        num_negatives: int = 256,
+        logq_correction: bool = True,
+        encoder_dtype: str = "float32",
+        shared_negatives: bool = False,
+        param_groups: Sequence[Mapping] = (),
+        monitor: str = "val/ndcg@10",
+        baselines: Sequence = (),
     ) -> None:
-        super().__init__()
-        if loss not in ("ce", "bce"):
-            raise ValueError(f"task.loss must be 'ce' or 'bce', got {loss!r}")
-        self.save_hyperparameters(ignore=["net"])
-        self.hparams["net_config"] = net.export_config()  # rebuilds the net without Hydra
-        self.net = net
+        if loss not in self.LOSSES:
+            raise ValueError(f"task.loss must be 'ce', 'bce' or 'sampled_softmax', got {loss!r}")
+        check_range("task.num_negatives", num_negatives, lo=1)
+        super().__init__(net, optimizer, scheduler, ks=ks, mask_history=mask_history,
+                         weight_decay=weight_decay, param_groups=param_groups, monitor=monitor,
+                         baselines=baselines)
         # a bad name fails here, not mid-fit; "auto" is settled on the fit device in on_fit_start
         self.ce_matmul_dtype = resolve_matmul_dtype(ce_matmul_dtype, torch.device("cpu"))
-        ks = tuple(ks)
-        self.metrics = nn.ModuleDict({
-            "val": RankingMetrics(ks, "val/"),
-            "val_sampled": RankingMetrics(ks, "val/sampled/"),
-            "test": RankingMetrics(ks, "test/"),
-            "test_sampled": RankingMetrics(ks, "test/sampled/"),
-            "popularity_test": RankingMetrics(ks, "popularity/test/"),
-            "popularity_test_sampled": RankingMetrics(ks, "popularity/test/sampled/"),
-        })
-        self.register_buffer("popularity", torch.zeros(net.config.n_items + 1), persistent=False)
+        self.encoder_dtype = resolve_matmul_dtype(encoder_dtype, torch.device("cpu"))
+
+    def batch_fields(self, stage: str) -> frozenset[str]:
+        if stage == "train":  # BCE reads one sampled negative per position
+            return frozenset({"targets", "negatives"} if self.hparams.loss == "bce" else {"targets"})
+        return frozenset({"target", "history"})
 
     def on_fit_start(self) -> None:
         self.ce_matmul_dtype = resolve_matmul_dtype(self.hparams.ce_matmul_dtype, self.device)
+        self.encoder_dtype = resolve_matmul_dtype(self.hparams.encoder_dtype, self.device)
+        log.info("training encoder in %s (task.encoder_dtype=%s)",
+                 str(self.encoder_dtype).removeprefix("torch."), self.hparams.encoder_dtype)
         if self.hparams.loss == "ce":
             log.info("cross-entropy matmuls in %s (task.ce_matmul_dtype=%s)",
                      str(self.ce_matmul_dtype).removeprefix("torch."), self.hparams.ce_matmul_dtype)
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "item_popularity"):
-            self.popularity = datamodule.item_popularity().to(self.device)
-
-    # ---- training ----
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> torch.Tensor:
-        loss = next_item_loss(self.net, batch, self.hparams.loss, self.ce_matmul_dtype)
+        loss = next_item_loss(self.net, batch, self.hparams.loss, self.ce_matmul_dtype,
+                              self.hparams.num_negatives, self.hparams.logq_correction, self.encoder_dtype,
+                              self.hparams.shared_negatives)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
-    # ---- evaluation ----
-    def _evaluate(self, batch: SequenceBatch, stage: str) -> None:
-        hidden = self.net.encode(batch.items, batch.timestamps)[:, -1]  # [B, D] newest position
-        scores = self.net.score(hidden)  # [B, n_items + 1]
-        self._update(stage, scores, batch)
-        if stage == "test":
-            self._update("popularity_test", self.popularity.expand_as(scores), batch)
-
-    def _update(self, name: str, scores: torch.Tensor, batch: SequenceBatch) -> None:
-        history = batch.history if self.hparams.mask_history else None
-        self.metrics[name].update(full_ranking_ranks(scores, batch.target, history))
-        if batch.candidates is not None:
-            cand = scores.gather(1, batch.candidates)  # [B, 1 + n_neg], target first
-            first = torch.zeros(len(batch), dtype=torch.long, device=cand.device)
-            self.metrics[f"{name}_sampled"].update(rank_of_target(cand, first))
-
-    def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _log_and_reset(self, names: Sequence[str]) -> None:
-        for name in names:
-            metric = self.metrics[name]
-            # compute() syncs the sum states across ranks, so all call it if any rank has data
-            # (under DDP a rank's shard may be empty); the values are then global: no sync_dist
-            if self.trainer.strategy.reduce_boolean_decision(bool(metric.update_count), all=False):
-                self.log_dict(metric.compute(), sync_dist=False)
-            metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_and_reset(["val", "val_sampled"])
-
-    def on_test_epoch_end(self) -> None:
-        self._log_and_reset([n for n in self.metrics if "test" in n])
-
-    # ---- optimisation ----
-    def configure_optimizers(self):
-        decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = self.hparams.optimizer(params=groups)
-        if self.hparams.scheduler is None:
-            return optimizer
-        make_scheduler = self.hparams.scheduler
-        if "total_steps" in inspect.signature(make_scheduler).parameters:  # genrec/tasks/schedules.py
-            total = self.trainer.estimated_stepping_batches
-            if not math.isfinite(total):
-                raise ValueError("task.scheduler needs the run's length: set trainer.max_epochs or max_steps")
-            make_scheduler = functools.partial(make_scheduler, total_steps=int(total))
-        scheduler = make_scheduler(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def evaluate(self, batch: SequenceBatch, stage: str) -> None:
+        inputs = net_inputs(self.net.encode, batch.model_inputs())
+        hidden = self.net.encode(**inputs)[:, -1]  # [B, D] newest position
+        self.rank_scores(stage, self.net.score(hidden), batch)  # scores [B, n_items + 1]
