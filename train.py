@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 import genrec.resolvers  # noqa: F401  (registers the config resolvers)
 from genrec.run.cli import run_cli
 from genrec.run.distributed import rank_argv, share_run_dir
-from genrec.run.report import optimized_value
+from genrec.run.report import check_optimized_metric, optimized_value
 from genrec.run.resume import check_resume, resume_argv
 from genrec.run.training import train
 from genrec.validation import check_creatable
@@ -27,6 +27,7 @@ CONF = Path(__file__).resolve().parent / "conf"
 @run_cli
 def main(cfg: DictConfig) -> float | None:
     share_run_dir(HydraConfig.get().runtime.output_dir, sys.argv)  # torchrun: ranks > 0 wait for it
+    check_optimized_metric(cfg)
     metrics = train(cfg)
     # returned for Hydra sweepers that optimise a metric; a key the run did not log raises
     return optimized_value(metrics, cfg.get("optimized_metric"))

@@ -10,12 +10,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def register_resolvers() -> None:
-    """`${project_root:}` is the checkout (the package is installed editable); `${eq:a,b}`
-    lets a config follow another group's choice without code (data follows task.loss)."""
+    """`${project_root:}` is the checkout (the package is installed editable)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-    if not OmegaConf.has_resolver("eq"):
-        OmegaConf.register_new_resolver("eq", lambda a, b: str(a) == str(b))
 
 
 register_resolvers()

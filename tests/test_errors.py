@@ -299,7 +299,7 @@ def test_resume_mismatch_leaves_the_run_byte_identical_and_evaluate_export_name_
     eval_cfg = compose_config(tmp_path, [f"ckpt_path={best}", f"output_dir={tmp_path / 'eval'}",
                                          "progress_bar=false", "+data_overrides.source.n_items=100"],
                               config_name="evaluate")
-    with pytest.raises(CheckpointError, match=r"trained on 120 items, but the data .* has 100"):
+    with pytest.raises(CheckpointError, match=r"trained with n_items=120, but the data .* gives n_items=100"):
         evaluate(eval_cfg)
 
     best.unlink()

@@ -156,3 +156,28 @@ def test_tiny_rpg_ed_learns_a_synthetic_mapping():
         opt.step()
     assert before < 0.05
     assert exact_match() >= 0.9
+
+
+def test_constrained_beams_are_real_items_sorted_distinct_and_beam_one_is_greedy():
+    from genrec.generation.generator import generate_items
+    from genrec.generation.trie import PrefixConstraint
+    from genrec.tokenizers.index import SemanticIDIndex
+
+    net = _net()
+    cfg = net.config
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randperm(8**3, generator=gen)[:30]  # 30 distinct items among 512 codes
+    table = torch.stack([codes // 64, (codes // 8) % 8, codes % 8], 1)  # [30, 3]
+    item_id2tokens = torch.cat([torch.full((1, 3), -1), table]).numpy()
+    index = SemanticIDIndex(item_id2tokens, 8)
+    constraint = PrefixConstraint(item_id2tokens, 8, cfg.vocab_size,
+                                  [cfg.digit_range(d)[0] for d in range(3)])
+    users, history = torch.arange(4), _history(4, 6, 3, 8, seed=5)
+    items, scores = generate_items(net, users, history, index, constraint, beam_size=5)
+    assert items.shape == (4, 5) and ((items >= 1) & (items <= 30)).all()  # real items only
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
+    assert all(len(set(row.tolist())) == 5 for row in items)  # no duplicates
+    beam1, s1 = generate_items(net, users, history, index, constraint, beam_size=1)
+    greedy, sg = generate_items(net, users, history, index, constraint, greedy=True)
+    assert torch.equal(beam1, greedy)
+    torch.testing.assert_close(s1, sg)

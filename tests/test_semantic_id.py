@@ -58,6 +58,7 @@ def test_beam_search_validation_learns_on_synthetic_data(tiny_cfg):
     for key in ("test/hr@10", "test/ndcg@10", "test/mrr", "popularity/test/ndcg@10", "val/ndcg@10_best"):
         assert key in metrics, key
     assert 0 < metrics["test/hr@10"] <= 1
+    assert metrics["data"]["name"] == "synthetic" and metrics["data"]["n_items"] == 120  # what was loaded
     assert metrics["test/ndcg@10"] > metrics["popularity/test/ndcg@10"]
 
 

@@ -76,6 +76,6 @@ def profiles(overrides: dict[str, list[int]] | None = None) -> dict[str, list[in
 register_axis("batch", 3, (1, 64, 1024), doc="users (requests) in a call")
 register_axis("seq", 5, (1, 200, 200), doc="input sequence length T (score, prefill); SASRec's maxlen")
 register_axis("past", 4, (0, 100, 200), min_size=0, doc="cached positions P of a decode step (0 = empty)")
-register_axis("beam", 6, (1, 10, 64), doc="beams per user in a beam-search step (rows = batch * beam)")
+register_axis("beam", 6, (1, 10, 16), doc="beams per user in a beam-search step (rows = batch * beam)")
 register_axis("enc_seq", 7, (1, 51, 256), doc="encoder length S of an encoder-decoder (RPG_ED: 1 + history)")
 register_axis("cand", 9, (1, 100, 2000), doc="candidate items per user scored by a ranker")

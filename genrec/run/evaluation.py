@@ -28,7 +28,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_cfg = OmegaConf.create(ckpt["genrec_config"])
     if cfg.get("data_overrides"):
         run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
-    ks = list(range(1, int(cfg.ks_max) + 1))
+    # K = 1..ks_max; a task that ranks beams (task.beam_size) ranks no further than its beam
+    ks = list(range(1, min(int(cfg.ks_max), int(run_cfg.task.get("beam_size") or cfg.ks_max)) + 1))
     task, run_cfg = build_task(ckpt, ckpt_path, task_overrides={"ks": ks}, run_cfg=run_cfg)
     datamodule = instantiate(run_cfg.data)
     check_item_count(ckpt, datamodule, ckpt_path)
@@ -46,13 +47,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def check_item_count(ckpt: dict, datamodule, ckpt_path: Path) -> None:
-    """The data's item count is the checkpoint's (else the item ids mean other items)."""
+    """What the data builds the model from (`model_kwargs`: the item count, code levels...) is what
+    the checkpoint was trained with (else item ids or codes mean other items)."""
     datamodule.prepare_data()
     datamodule.setup()
-    trained = ckpt["hyper_parameters"]["net_config"]["n_items"]
-    if datamodule.n_items != trained:
-        raise CheckpointError(f"{ckpt_path} was trained on {trained} items, but the data "
-                              f"(data_overrides) has {datamodule.n_items}: evaluate it on its own data")
+    trained = ckpt["hyper_parameters"]["net_config"]
+    for key, value in datamodule.model_kwargs().items():
+        if key in trained and trained[key] != value:
+            raise CheckpointError(f"{ckpt_path} was trained with {key}={trained[key]}, but the data "
+                                  f"(data_overrides) gives {key}={value}: evaluate it on its own data")
 
 
 def test_metrics(callback_metrics: dict) -> dict[str, float]:

@@ -31,6 +31,19 @@ def optimized_value(metrics: dict, key: str | None) -> float | None:
     return float(metrics[key])
 
 
+def check_optimized_metric(cfg) -> None:
+    """Before training: a `..._best` optimized_metric needs the callback that logs it, so a run
+    with callbacks=none fails now rather than after fitting (MissingMetricError)."""
+    key = cfg.get("optimized_metric")
+    if not key or not str(key).endswith("_best"):
+        return
+    targets = [str(c.get("_target_", "")) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not any(t.endswith("BestValidationMetrics") for t in targets):
+        raise MissingMetricError(f"optimized_metric={key}: no callback logs ..._best keys in this run "
+                                 "(callbacks.best_metrics is off); set optimized_metric=null or "
+                                 "keep callbacks.best_metrics")
+
+
 def split_key(key: str) -> tuple[str, str, str] | None:
     """'popularity/test/sampled/recall@10' -> ('popularity test sampled', 'recall', '10').
 
@@ -80,4 +93,7 @@ def print_metrics_table(metrics: dict, title: str = "test metrics") -> None:
         table.add_column(col, justify="right")
     for metric in sorted(cells, key=_metric_order):
         table.add_row(metric, *(f"{cells[metric][c]:.4f}" if c in cells[metric] else "-" for c in columns))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: never squeeze the columns into 80 characters
+        console = Console(width=max(80, 14 + 16 * len(columns)))
+    console.print(table)

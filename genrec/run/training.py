@@ -98,6 +98,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, task, datamodule, ckpt_pa
                     if k.startswith(("test/", "popularity/"))}
         metrics["best_checkpoint"] = best
         _log_to_wandb(trainer, metrics, best)
+    metrics["data"] = datamodule.sequences.describe()  # which dataset, from where, its counts
     return metrics
 
 

@@ -63,7 +63,7 @@ def next_item_loss(net: nn.Module, batch: SequenceBatch, kind: str,
 
 class NextItemTask(RecTask):
     """Losses: "ce" (full softmax over the catalogue), "bce" (the paper's one negative per position)
-    or "sampled_softmax" (the target against task.num_negatives uniform items shared by the batch).
+    or "sampled_softmax" (the target against task.num_negatives uniform items per sequence).
     Evaluation: the newest position's scores over the whole catalogue (see RecTask.rank_scores)."""
 
     LOSSES = ("ce", "bce", "sampled_softmax")
