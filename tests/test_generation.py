@@ -16,6 +16,8 @@ from genrec.generation import (
     beams_to_items,
     greedy_search,
 )
+from genrec.generation.items import MISS_RANK
+from genrec.metrics import RankingMetrics
 from genrec.tokenizers import SemanticIDIndex, pack_codes
 
 K, N_DIGIT = 4, 3
@@ -179,7 +181,7 @@ def test_nan_model_gives_no_items_and_not_finite():
     items = beams_to_items(out, SemanticIDIndex(table, K), constraint)
     ranks, finite = beam_ranks(items, out.scores, torch.tensor([1, 2]))
     assert (items == 0).all() and not finite.any()
-    assert torch.equal(ranks, torch.tensor([3, 3]))
+    assert torch.equal(ranks, torch.tensor([MISS_RANK, MISS_RANK]))
 
 
 def test_prefix_constraint_matches_enumeration():
@@ -203,7 +205,11 @@ def test_beam_ranks_hand_case():
     scores = torch.tensor([[-1.0, -2.0, -float("inf")], [-1.0, -2.0, -3.0], [-0.5, -1.0, -2.0],
                            [-float("inf")] * 3])
     ranks, finite = beam_ranks(items, scores, torch.tensor([3, 8, 1, 0]))
-    assert torch.equal(ranks, torch.tensor([1, 3, 0, 3]))  # 8 missed: rank = beam; 0 never matches
+    assert torch.equal(ranks, torch.tensor([1, MISS_RANK, 0, MISS_RANK]))  # 8 missed; 0 never matches
+    metric = RankingMetrics((1, 3), "t/")
+    metric.update(ranks, finite)
+    out = metric.compute()  # by hand: hits at ranks 1 and 0 among 4 users; misses add nothing to MRR
+    assert out["t/hr@3"] == pytest.approx(2 / 4) and out["t/mrr"] == pytest.approx((1 / 2 + 1) / 4)
     assert torch.equal(finite, torch.tensor([True, True, True, False]))
 
 

