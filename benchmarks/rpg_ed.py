@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import (  # benchmarks/common.py (this folder is on sys.path)
+    compose_experiment,
+    epoch_log,
+    in_child,
+    peak_rss_mb,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"experiment": [], "reference": ["model.d_model=448", "model.n_heads=8", "model.d_inner=1024",
@@ -39,23 +44,6 @@ FULL_RUNS = {"rpg_ed_rkmeans": ("rpg_ed_beauty", ["data.semantic_ids.method=rkme
              "rpg_ed_opq": ("rpg_ed_beauty", ["data.semantic_ids.method=opq"]),
              "sasrec_ce": ("sasrec_beauty_ce", [])}
 TEST_KEYS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
-
-
-def _compose(experiment: str, run_dir: Path, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    import genrec.resolvers  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", "logger=csv", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def recompute_steps(net, users, history):
@@ -105,7 +93,8 @@ def measure_size(experiment: str, overrides: list[str], batch: int, gen_batches:
     from genrec.run.training import build_components
     from genrec.tasks.semantic_id import seq2seq_loss
 
-    cfg = _compose(experiment, Path(tempfile.mkdtemp()), [f"data.eval_batch_size={batch}", *overrides])
+    cfg = compose_experiment(experiment, Path(tempfile.mkdtemp()),
+                             [f"data.eval_batch_size={batch}", *overrides])
     L.seed_everything(cfg.seed, workers=True)
     datamodule, task = build_components(cfg)
     net, index = task.net, datamodule.index
@@ -139,7 +128,7 @@ def measure_size(experiment: str, overrides: list[str], batch: int, gen_batches:
     n_val = len(datamodule.val_dataloader().dataset)
     result["val_users"] = n_val
     result["val_pass_seconds_extrapolated"] = n_val / result["cached"]["users_per_s"]
-    result["peak_rss_mb_after_generation"] = _peak_rss_mb()
+    result["peak_rss_mb_after_generation"] = peak_rss_mb()
 
     # (b) training: a plain loop over `train_batches` batches, extrapolated to the epoch
     net.train()
@@ -163,44 +152,23 @@ def measure_size(experiment: str, overrides: list[str], batch: int, gen_batches:
                    "s_per_epoch_extrapolated": per_batch * len(loader),
                    "cpu_s_per_batch": statistics.median(cpu_seconds[1:]),
                    "torch_threads": torch.get_num_threads(), "train_loss_first_last": [
-                       losses[0], losses[-1]], "peak_rss_mb": _peak_rss_mb()})
+                       losses[0], losses[-1]], "peak_rss_mb": peak_rss_mb()})
     queue.put(result)
 
 
 def full_run(experiment: str, overrides: list[str], run_dir: str, queue) -> None:
     from genrec.run.training import train
 
-    cfg = _compose(experiment, Path(run_dir), overrides)
+    cfg = compose_experiment(experiment, Path(run_dir), overrides)
     start = time.perf_counter()
     metrics = train(cfg)
-    log = _epoch_log(Path(run_dir))
+    log = epoch_log(Path(run_dir))
     epoch_s = [r["time/epoch_seconds"] for r in log if "time/epoch_seconds" in r]
     queue.put({"test": {k: metrics.get(f"test/{k}") for k in TEST_KEYS},
                "val_best_ndcg@10": metrics.get("val/ndcg@10_best"),
                "epochs_run": len(epoch_s), "s_per_epoch": statistics.median(epoch_s) if epoch_s else None,
-               "minutes": (time.perf_counter() - start) / 60, "peak_rss_mb": _peak_rss_mb(),
+               "minutes": (time.perf_counter() - start) / 60, "peak_rss_mb": peak_rss_mb(),
                "overrides": overrides})
-
-
-def _epoch_log(run_dir: Path) -> list[dict]:
-    import csv
-
-    epochs: dict[int, dict] = {}
-    for row in csv.DictReader(open(run_dir / "csv" / "metrics.csv")):
-        if row.get("epoch"):
-            merged = epochs.setdefault(int(row["epoch"]), {})
-            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"})
-    return [epochs[e] for e in sorted(epochs)]
-
-
-def _in_child(target, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
 
 
 def main() -> None:
@@ -221,12 +189,12 @@ def main() -> None:
               "note": "s/epoch extrapolated from train_batches_timed batches; val pass extrapolated "
                       "from cached users/s", "sizes": {}, "full": {}}
     for size in args.sizes:
-        result["sizes"][size] = _in_child(measure_size, args.experiment, SIZES[size] + args.overrides,
+        result["sizes"][size] = in_child(measure_size, args.experiment, SIZES[size] + args.overrides,
                                           args.batch, args.gen_batches, args.beam, args.train_batches)
     if args.full:
         for name, (experiment, overrides) in FULL_RUNS.items():
             run_dir = tempfile.mkdtemp(prefix=f"bench-{name}-")
-            result["full"][name] = _in_child(full_run, experiment, overrides + args.overrides, run_dir)
+            result["full"][name] = in_child(full_run, experiment, overrides + args.overrides, run_dir)
     _table(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -13,35 +13,22 @@ RSS is its own; the plain loop runs before and after the pipeline and its mean i
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import multiprocessing as mp
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import (  # benchmarks/common.py (this folder is on sys.path)
+    compose_experiment,
+    epoch_log,
+    in_child,
+    peak_rss_mb,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 BARS = {"val/ndcg@10": [0.1612, 0.18], "val/sampled/ndcg@10": [0.5749, 0.59]}
-
-
-def _compose(experiment: str, run_dir: Path, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    import genrec.resolvers  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", "logger=csv", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> None:
@@ -54,7 +41,7 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
     from genrec.tasks.losses import resolve_matmul_dtype
     from genrec.tasks.next_item import next_item_loss
 
-    cfg = _compose(experiment, Path(tempfile.mkdtemp()), overrides)
+    cfg = compose_experiment(experiment, Path(tempfile.mkdtemp()), overrides)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, task = build_components(cfg)
     net = task.net.train()
@@ -69,36 +56,15 @@ def plain_loop(experiment: str, overrides: list[str], epochs: int, queue) -> Non
             loss.backward()
             optimizer.step()
         seconds.append(time.perf_counter() - start)
-    queue.put({"epoch_seconds": seconds, "peak_rss_mb": _peak_rss_mb()})
+    queue.put({"epoch_seconds": seconds, "peak_rss_mb": peak_rss_mb()})
 
 
 def pipeline(experiment: str, overrides: list[str], run_dir: str, queue) -> None:
     from genrec.run.training import train
 
-    cfg = _compose(experiment, Path(run_dir), overrides)
+    cfg = compose_experiment(experiment, Path(run_dir), overrides)
     metrics = train(cfg)
-    queue.put({"metrics": metrics, "peak_rss_mb": _peak_rss_mb()})
-
-
-def _in_child(target, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
-def _epoch_log(run_dir: Path) -> list[dict]:
-    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
-    epochs: dict[int, dict] = {}
-    for row in rows:
-        if not row.get("epoch"):  # learning-rate rows carry only a step
-            continue
-        merged = epochs.setdefault(int(row["epoch"]), {})
-        merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"})
-    return [epochs[e] for e in sorted(epochs)]
+    queue.put({"metrics": metrics, "peak_rss_mb": peak_rss_mb()})
 
 
 def time_to_bars(log: list[dict]) -> dict[str, float | None]:
@@ -128,11 +94,11 @@ def main() -> None:
         hms = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         overrides.append(f"trainer.max_time=00:{hms}")  # Lightning's DD:HH:MM:SS
     run_dir = Path(tempfile.mkdtemp(prefix="bench-sasrec-"))
-    plain_before = _in_child(plain_loop, args.experiment, overrides, args.plain_epochs)
-    piped = _in_child(pipeline, args.experiment, overrides, str(run_dir))
-    plain_after = _in_child(plain_loop, args.experiment, overrides, args.plain_epochs)
+    plain_before = in_child(plain_loop, args.experiment, overrides, args.plain_epochs)
+    piped = in_child(pipeline, args.experiment, overrides, str(run_dir))
+    plain_after = in_child(plain_loop, args.experiment, overrides, args.plain_epochs)
 
-    log = _epoch_log(run_dir)
+    log = epoch_log(run_dir)
     pipe_epoch = statistics.median(r["time/epoch_seconds"] for r in log if "time/epoch_seconds" in r)
     plain_epoch = statistics.median(plain_before["epoch_seconds"] + plain_after["epoch_seconds"])
     m = piped["metrics"]

@@ -19,7 +19,6 @@ Two parts, one JSON (benchmarks/results/<experiment>.json unless --out):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -28,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import epoch_log  # benchmarks/common.py (this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 BARS = {"val/ndcg@10": [0.1612, 0.18, 0.19], "val/hr@10": [0.31], "val/sampled/ndcg@10": [0.59]}
@@ -101,18 +102,6 @@ def train(experiment: str, overrides: list[str], minutes: float | None, run_dir:
         cmd.append(f"trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
     subprocess.run(cmd, cwd=ROOT, check=True)
     return cmd
-
-
-def epoch_log(run_dir: Path) -> list[dict]:
-    """csv/metrics.csv merged to one row per epoch (Lightning writes several rows per epoch)."""
-    epochs: dict[int, dict] = {}
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if not row.get("epoch"):  # learning-rate rows carry only a step
-                continue
-            merged = epochs.setdefault(int(float(row["epoch"])), {})
-            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"})
-    return [epochs[e] for e in sorted(epochs)]
 
 
 def time_to_bars(log: list[dict]) -> dict[str, dict | None]:
