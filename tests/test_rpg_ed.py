@@ -181,3 +181,15 @@ def test_constrained_beams_are_real_items_sorted_distinct_and_beam_one_is_greedy
     greedy, sg = generate_items(net, users, history, index, constraint, greedy=True)
     assert torch.equal(beam1, greedy)
     torch.testing.assert_close(s1, sg)
+
+
+def test_beam_reorder_within_users_keeps_the_cross_part_and_matches_a_full_reorder():
+    net = _net()
+    users, history = torch.arange(3), _history(3, 6, 3, 8, seed=6)
+    _, cache = net.prefill(users, history)
+    beams = cache.repeat_interleave(2)  # rows 2b, 2b + 1 belong to user b
+    parents = torch.tensor([1, 1, 2, 3, 5, 4])  # every parent inside its user's block
+    cheap, full = beams.reorder_within_groups(parents), beams.reorder(parents)
+    assert cheap.cross_kv is beams.cross_kv  # not copied
+    for a, b in zip(cheap, full, strict=True):
+        torch.testing.assert_close(a, b)

@@ -30,7 +30,14 @@ def torch_steps(net: torch.nn.Module, users: torch.Tensor,
         with torch.no_grad():
             return net.prefill(users, history) if tokens is None else net.decode(tokens, cache)
 
-    return step, None, lambda cache, index: cache.reorder(index)
+    def reorder(cache, index: torch.Tensor):
+        # after the first step a parent is always a beam of the same user (beam_search's
+        # invariant), whose fixed cross K/V is identical: only the growing part moves
+        if len(index) == cache.kv.shape[2] and hasattr(cache, "reorder_within_groups"):
+            return cache.reorder_within_groups(index)
+        return cache.reorder(index)  # B users -> B * beam rows: every part follows
+
+    return step, None, reorder
 
 
 @dataclass

@@ -81,6 +81,14 @@ class KVCache(NamedTuple):
         return KVCache(*(None if t is None else t.index_select(dim, index)
                          for t, dim in zip(self, _BATCH_DIMS, strict=True)))
 
+    def reorder_within_groups(self, index: torch.Tensor) -> KVCache:
+        """`reorder` for an index that keeps every row inside its group of identical cross parts
+        (beam search: a beam's parent is a beam of the same user, whose cross K/V is the same), so
+        the fixed cross part is left as it is instead of being copied every step."""
+        if len(index) != self.kv.shape[2]:
+            raise ValueError(f"reorder_within_groups: {len(index)} rows for a cache of {self.kv.shape[2]}")
+        return self._replace(kv=self.kv.index_select(2, index), valid=self.valid.index_select(0, index))
+
     def repeat_interleave(self, n: int) -> KVCache:
         """Each row repeated n times in a row ([B] -> [B * n]), e.g. to open n beams."""
         return KVCache(*(None if t is None else t.repeat_interleave(n, dim=dim)
