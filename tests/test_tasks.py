@@ -111,3 +111,27 @@ def test_fast_dropout_drops_at_the_asked_rate_even_below_one_256th(p):
     assert abs(dropped - p) < max(6 * sd, 0.02 * p), (dropped, p)
     assert torch.allclose(y[y != 0], torch.full((1,), 1 / (1 - p)), rtol=2e-3)
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_attention_dropout_runs_fused_off_the_cpu_path_and_never_vanishes_at_tiny_p(monkeypatch):
+    """Training attention: explicit softmax + FastDropout on the CPU; on other devices the fused
+    SDPA kernel with dropout_p (simulated here by emptying the CPU list). A rate that rounds to
+    zero bytes (p = 1e-3) still drops."""
+    import torch.nn.functional as F
+
+    from genrec.models import layers
+
+    attn = layers.CausalSelfAttention(16, 2, dropout=0.001).train()
+    x = torch.randn(2, 5, 16)
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw.get("dropout_p")) or real(*a, **kw))
+    attn(x, mask)
+    assert calls == []  # CPU: explicit path
+    monkeypatch.setattr(layers, "EXPLICIT_DROPOUT_DEVICES", ())
+    attn(x, mask)
+    assert calls == [0.001]  # fused path, dropout passed on
+    attn.eval()(x, mask)
+    assert calls[-1] == 0.0  # no dropout in evaluation

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, S, head_dim]
+# where training attention takes the explicit softmax + FastDropout path; elsewhere (GPUs) the
+# fused scaled_dot_product_attention runs in training too, with its own dropout
+EXPLICIT_DROPOUT_DEVICES = ("cpu",)
 
 
 class FastDropout(nn.Module):
@@ -30,6 +33,7 @@ class FastDropout(nn.Module):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
         self.threshold = round(p * 256)
         # a rate that 1/256 steps miss by > 5% (p < ~0.02: 1e-3 would round to 0) takes torch's dropout
         self.exact_p = p if abs(self.threshold - 256 * p) > 0.05 * 256 * p else None
@@ -101,13 +105,15 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, Dh]
             v = torch.cat([past[1], v], dim=2)
-        if self.training and self.attn_dropout.threshold:
-            # explicit softmax so the weights take the fast dropout
+        p = self.attn_dropout.p if self.training else 0.0
+        if p > 0 and q.device.type in EXPLICIT_DROPOUT_DEVICES:
+            # CPU: an explicit softmax so the weights take the fast dropout (SDPA's dropout draws a
+            # float per weight); elsewhere the fused kernel applies the dropout itself
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, T, P+T]
             weights = self.attn_dropout(scores.masked_fill(~mask, float("-inf")).softmax(-1))
             y = weights @ v  # [B, H, T, Dh]
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Dh]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, T, Dh]
         return self.out(y.transpose(1, 2).reshape(b, t, d)), (k, v)
 
 
