@@ -171,6 +171,23 @@ def full_run(experiment: str, overrides: list[str], run_dir: str, queue) -> None
                "overrides": overrides})
 
 
+def recorded_run(run_dir: Path) -> dict:
+    """A finished `python train.py experiment=... logger=csv` run, in full_run's layout (peak RSS
+    is not known from the files)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    log = epoch_log(run_dir)
+    epoch_s = [r["time/epoch_seconds"] for r in log if "time/epoch_seconds" in r]
+    minutes = max((r["time/elapsed_minutes"] for r in log if "time/elapsed_minutes" in r), default=None)
+    val = [{"epoch": int(r["epoch"]) + 1, "ndcg@10": r["val/ndcg@10"], "hr@10": r.get("val/hr@10"),
+            "loss": r.get("val/loss")} for r in log if "val/ndcg@10" in r]
+    return {"test": {k: metrics.get(f"test/{k}") for k in TEST_KEYS},
+            "popularity_test": {k: metrics.get(f"popularity/test/{k}") for k in TEST_KEYS},
+            "val_best_ndcg@10": metrics.get("val/ndcg@10_best"), "validation": val,
+            "epochs_run": len(epoch_s), "s_per_epoch": statistics.median(epoch_s) if epoch_s else None,
+            "minutes": minutes, "peak_rss_mb": None, "data": metrics.get("data"),
+            "run_dir": str(run_dir)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,6 +198,9 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=10, help="timed training batches per size")
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--full", action="store_true", help="also run the full experiments (hours)")
+    parser.add_argument("--record-run", metavar="NAME=RUN_DIR", action="append", default=[],
+                        help="add a finished train.py run (logger=csv) to the JSON's full runs, keeping "
+                             "what the JSON already holds; no measurement is made")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rpg_ed.json"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
@@ -188,6 +208,12 @@ def main() -> None:
     result = {"experiment": args.experiment, "beam": args.beam, "overrides": args.overrides,
               "note": "s/epoch extrapolated from train_batches_timed batches; val pass extrapolated "
                       "from cached users/s", "sizes": {}, "full": {}}
+    if args.record_run:
+        result = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else result
+        for item in args.record_run:
+            name, run_dir = item.split("=", 1)
+            result["full"][name] = recorded_run(Path(run_dir))
+        args.sizes, args.full = [], False
     for size in args.sizes:
         result["sizes"][size] = in_child(measure_size, args.experiment, SIZES[size] + args.overrides,
                                           args.batch, args.gen_batches, args.beam, args.train_batches)
@@ -230,11 +256,14 @@ def _table(result: dict) -> None:
         full = Table(title="Full runs (test, full ranking; HR@K = Recall@K)")
         for col in ("run", *TEST_KEYS, "s/epoch", "epochs", "minutes"):
             full.add_column(col, justify="right")
-        for name, r in result["full"].items():
-            scores = (f"{r['test'][k]:.4f}" if r["test"][k] is not None else "-" for k in TEST_KEYS)
-            full.add_row(name, *scores,
-                         f"{r['s_per_epoch']:.0f}" if r["s_per_epoch"] else "-", str(r["epochs_run"]),
-                         f"{r['minutes']:.1f}")
+        rows = [(name, r["test"], r) for name, r in result["full"].items()]
+        rows += [(f"{name}: popularity", r["popularity_test"], None) for name, r in result["full"].items()
+                 if r.get("popularity_test")]
+        for name, test, r in rows:
+            scores = (f"{test[k]:.4f}" if test[k] is not None else "-" for k in TEST_KEYS)
+            full.add_row(name, *scores, f"{r['s_per_epoch']:.0f}" if r and r["s_per_epoch"] else "-",
+                         str(r["epochs_run"]) if r else "",
+                         f"{r['minutes']:.1f}" if r and r["minutes"] else "")
         console.print(full)
 
 
