@@ -24,7 +24,7 @@ from genrec.data.datasets import (
 )
 from genrec.data.interactions import LeaveOneOutSplit, Sequences
 from genrec.data.samplers import EpochSeededDataset, EpochShuffleSampler, ShardSampler
-from genrec.run.distributed import env_local_rank, file_lock, wait_for_file
+from genrec.run.distributed import build_once
 from genrec.validation import DATA_RANGES, ConfigError, check_ranges
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,8 @@ class SequenceDataModule(L.LightningDataModule):
         Safe when several processes start at once (torchrun): local rank 0 builds the cache
         under a file lock (nodes may share the filesystem), the other ranks wait for the file.
         """
-        if self.processed_path.exists():
-            return
-        if env_local_rank() != 0:
-            wait_for_file(self.processed_path, what=f"the preprocessed '{self.source.name}' data")
-            return
-        with file_lock(self.processed_path.with_suffix(".lock")):
-            if not self.processed_path.exists():  # another node may have built it meanwhile
-                self._build_cache()
+        build_once(self.processed_path, self.processed_path.with_suffix(".lock"), self._build_cache,
+                   what=f"the preprocessed '{self.source.name}' data")
 
     def _build_cache(self) -> None:
         self.source.prepare(self.cache_dir)

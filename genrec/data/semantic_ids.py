@@ -22,7 +22,7 @@ from genrec.data.datamodule import SequenceDataModule
 from genrec.data.interactions import LeaveOneOutSplit, Sequences
 from genrec.data.seq2seq import SemanticIDCollate
 from genrec.rank_zero_log import get_logger
-from genrec.run.distributed import env_local_rank, file_lock, wait_for_file
+from genrec.run.distributed import build_once
 from genrec.tokenizers.build import TokenizerConfig, build_semantic_ids
 from genrec.tokenizers.index import META_FILE, SemanticIDIndex
 from genrec.validation import ConfigError, check_range
@@ -97,15 +97,9 @@ class SemanticIDDataModule(SequenceDataModule):
 
     def prepare_data(self) -> None:
         super().prepare_data()
-        done = self.semantic_id_dir / META_FILE
-        if done.exists():
-            return
-        if env_local_rank() != 0:
-            wait_for_file(done, what="the semantic IDs")
-            return
-        with file_lock(self.semantic_id_dir.with_suffix(".lock")):
-            if not done.exists():
-                self._build_index().save(self.semantic_id_dir)
+        # SemanticIDIndex.save writes its META_FILE last: it marks a complete build
+        build_once(self.semantic_id_dir / META_FILE, self.semantic_id_dir.with_suffix(".lock"),
+                   lambda: self._build_index().save(self.semantic_id_dir), what="the semantic IDs")
 
     def _build_index(self) -> SemanticIDIndex:
         spec = self.spec

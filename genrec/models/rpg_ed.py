@@ -295,9 +295,3 @@ class RPGED(nn.Module):
                                        cache.enc_valid)
         filled = torch.cat([cache.valid, torch.ones_like(tokens, dtype=torch.bool)], 1)  # [B, P + 1]
         return logits[:, -1].log_softmax(-1), KVCache(present, filled, cache.cross_kv, cache.enc_valid)
-
-    def digit_token_range(self, step: int) -> tuple[int, int]:
-        """Token ids allowed at generation step `step` (0-based): digit `step`, EOS after the last."""
-        if step >= self.config.n_digit:
-            return EOS, EOS + 1
-        return self.config.digit_range(step)

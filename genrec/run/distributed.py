@@ -14,7 +14,7 @@ import fcntl
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -64,6 +64,19 @@ def wait_for_file(path: Path, what: str, timeout_s: float = 3600.0, poll_s: floa
             raise TimeoutError(f"rank {env_global_rank()} waited {timeout_s:.0f}s for {what} "
                                f"at {path}; did rank 0 fail?")
         time.sleep(poll_s)
+
+
+def build_once(done: Path, lock: Path, build: Callable[[], None], what: str) -> None:
+    """Run `build` (which writes `done` last) once across processes: local rank 0 builds under a
+    file lock (nodes may share the filesystem), the other ranks wait for `done`."""
+    if done.exists():
+        return
+    if env_local_rank() != 0:
+        wait_for_file(done, what=what)
+        return
+    with file_lock(lock):
+        if not done.exists():  # another node may have built it meanwhile
+            build()
 
 
 # ---- before Hydra: one run directory for all ranks ----
