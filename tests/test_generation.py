@@ -14,6 +14,7 @@ from genrec.generation import (
     beam_ranks,
     beam_search,
     beams_to_items,
+    first_items,
     greedy_search,
 )
 from genrec.generation.items import MISS_RANK
@@ -219,3 +220,11 @@ def test_beams_to_items_zero_for_unknown_code():
     seqs = torch.tensor([[table[2].tolist(), list(missing)]])  # [1, 2, n_digit]
     out = BeamSearchOutput(seqs, torch.tensor([[-1.0, -2.0]]))
     assert beams_to_items(out, SemanticIDIndex(table, K)).tolist() == [[2, 0]]
+
+
+def test_first_items_keeps_each_first_item_once_in_beam_order():
+    seqs = torch.tensor([[[3, 1], [3, 2], [5, 1], [7, 7]]])  # [B=1, beam=4, steps=2]
+    scores = torch.tensor([[-1.0, -2.0, -3.0, float("-inf")]])
+    items, kept = first_items(BeamSearchOutput(seqs, scores))
+    assert items.tolist() == [[3, 5, 0, 0]]
+    assert kept[0, :2].tolist() == [-1.0, -3.0] and torch.isinf(kept[0, 2:]).all()

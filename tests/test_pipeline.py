@@ -12,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from genrec.data.behavior_datamodule import BehaviorDataModule
+from genrec.data.behavior_datasets import BehaviorEvalDataset, BehaviorTrainDataset, collate_behavior
 from genrec.data.datasets import NextItemEvalDataset, NextItemTrainDataset, collate
 from genrec.run.checkpoint import CheckpointError, read_checkpoint
 from genrec.run.evaluation import evaluate
@@ -28,9 +30,12 @@ def test_every_data_option_instantiates_its_data_module(tmp_path):
         datamodule = instantiate(cfg.data)  # builds nothing yet: no file is read
         assert datamodule.source.name == data  # data=X loads the dataset named X
         assert datamodule.maxlen == cfg.data.maxlen > 0
-        assert datamodule.make_train_dataset.func is NextItemTrainDataset
-        assert datamodule.make_eval_dataset.func is NextItemEvalDataset
-        assert datamodule.collate.func is collate
+        behavior = (BehaviorTrainDataset, BehaviorEvalDataset, collate_behavior)  # + features, labels
+        next_item = (NextItemTrainDataset, NextItemEvalDataset, collate)
+        train_set, eval_set, batcher = behavior if isinstance(datamodule, BehaviorDataModule) else next_item
+        assert datamodule.make_train_dataset.func is train_set
+        assert datamodule.make_eval_dataset.func is eval_set
+        assert datamodule.collate.func is batcher
         assert "${task." not in OmegaConf.to_yaml(cfg.data)  # data never follows a task setting
 
 
@@ -38,8 +43,12 @@ def test_every_data_option_instantiates_its_data_module(tmp_path):
 OTHER_MODELS = {
     "rpg_ed": {"n_digit": 3, "codebook_size": 8, "d_model": 32, "n_heads": 2, "d_inner": 64,
                "encoder_layers": 1, "decoder_layers": 1},
+    **{name: {"n_items": 50, "num_features": 16, "embedding_dim": 32, "hidden_dim": 64, "num_layers": 1,
+              "num_heads": 2, "heads": ("engagement",)}
+       for name in ("generative", "generative_light", "generative_large", "generative_xl")},
 }
-TASK_MODEL = {"next_item": "sasrec", "semantic_id": "rpg_ed"}  # each task option with a model it takes
+# each task option with a model it takes
+TASK_MODEL = {"next_item": "sasrec", "semantic_id": "rpg_ed", "generative": "generative_light"}
 
 
 def _net(tmp_path, model: str):
@@ -137,14 +146,34 @@ PINNED = {
         "model._target_": "genrec.models.rpg_ed.RPGED", "model.n_user_buckets": 2000,
         "model.d_model": 64, "model.n_heads": 4, "model.d_inner": 256, "model.encoder_layers": 2,
         "model.decoder_layers": 2, "task.beam_size": 10, "task.optimizer.lr": 0.001,
-        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 12,
-        "trainer.check_val_every_n_epoch": 3, "trainer.max_time": "00:00:60:00",
+        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 20,
+        "trainer.check_val_every_n_epoch": 4, "trainer.max_time": "00:00:60:00",
         "callbacks.early_stopping": None},
     "sasrec_beauty_ce": {
         "data.source.name": "beauty", "data.maxlen": 50, "data.batch_size": 128,
         "model._target_": "genrec.models.sasrec.SASRec", "model.hidden_units": 64, "model.num_blocks": 2,
         "model.num_heads": 1, "model.dropout": 0.5, "task.loss": "ce", "task.optimizer.lr": 0.001,
         "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 20,
+        "trainer.max_time": "00:00:30:00", "callbacks.early_stopping": None},
+    "generative_synthetic": {
+        "data.source.name": "behavior_synthetic", "data.num_features": 8, "data.maxlen": 50,
+        "data.batch_size": 64, "model._target_": "genrec.models.generative.GenerativeRecommendationModel",
+        "model.num_features": 8, "model.embedding_dim": 64, "model.num_layers": 2,
+        "task._target_": "genrec.tasks.generative.GenerativeTask", "task.generation": "topk",
+        "task.optimizer.lr": 0.002, "trainer.max_epochs": 10, "trainer.max_time": "00:00:05:00"},
+    "generative_ml100k": {
+        "data.source.name": "ml-100k-behavior", "data.num_features": 16, "data.maxlen": 200,
+        "data.batch_size": 128, "model.num_features": 16, "model.embedding_dim": 64, "model.hidden_dim": 128,
+        "model.num_layers": 2, "model.num_heads": 2, "model.dropout": 0.2, "model.scale_embedding": True,
+        "task._target_": "genrec.tasks.generative.GenerativeTask", "task.optimizer.lr": 0.001,
+        "trainer.max_epochs": 200, "trainer.max_time": "00:00:10:00",
+        "callbacks.early_stopping.patience": 10},
+    "generative_ml1m": {
+        "data.source.name": "ml-1m-behavior", "data.num_features": 16, "data.maxlen": 200,
+        "data.batch_size": 128, "model.num_features": 16, "model.embedding_dim": 128, "model.hidden_dim": 256,
+        "model.num_layers": 2, "model.num_heads": 2, "model.dropout": 0.1, "model.scale_embedding": True,
+        "task._target_": "genrec.tasks.generative.GenerativeTask", "task.optimizer.lr": 0.001,
+        "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 40,
         "trainer.max_time": "00:00:30:00", "callbacks.early_stopping": None},
     "tisasrec_ml1m": {
         "data.maxlen": 200, "data.batch_size": 128, "data.kcore": 5,

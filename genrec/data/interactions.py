@@ -43,6 +43,9 @@ class InteractionLog:
     timestamps:   int64 [N] seconds, or None when the source has no time.
     ratings:      float32 [N] explicit ratings as the source wrote them, or None.
     origin:       where the data came from (name, path or url, sha256, ...), plain JSON values.
+    columns:      further per-row numeric columns by name, each [N] (a behaviour log's feedback
+                  flags, context, user attributes: genrec/data/behavior.py); they follow every
+                  filter and reordering of the rows, into `Sequences.columns`.
     """
 
     users: np.ndarray
@@ -51,8 +54,10 @@ class InteractionLog:
     source: str = "<memory>"
     ratings: np.ndarray | None = None
     origin: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.columns = {k: np.asarray(v) for k, v in self.columns.items()}
         self.users = np.asarray(self.users, dtype=np.int64)
         self.items = np.asarray(self.items, dtype=np.int64)
         if self.timestamps is not None:
@@ -64,12 +69,16 @@ class InteractionLog:
             raise DataError(f"{self.source}: no interactions (empty file?)")
         if any(a is not None and len(a) != n for a in (self.items, self.timestamps, self.ratings)):
             raise DataError(f"{self.source}: users, items, timestamps and ratings differ in length")
+        for name, column in self.columns.items():
+            if column.shape != (n,):
+                raise DataError(f"{self.source}: column {name!r} has shape {column.shape}, expected ({n},)")
 
     def _rows(self, keep: np.ndarray) -> InteractionLog:
         """The log restricted to rows `keep` (a mask or an index array)."""
         ts = None if self.timestamps is None else self.timestamps[keep]
         ratings = None if self.ratings is None else self.ratings[keep]
-        return InteractionLog(self.users[keep], self.items[keep], ts, self.source, ratings, dict(self.origin))
+        return InteractionLog(self.users[keep], self.items[keep], ts, self.source, ratings, dict(self.origin),
+                              {k: v[keep] for k, v in self.columns.items()})
 
     def __len__(self) -> int:
         return len(self.users)
@@ -102,7 +111,8 @@ class InteractionLog:
         ts = None if self.timestamps is None else self.timestamps[order]
         ratings = None if self.ratings is None else self.ratings[order]
         return Sequences(items[order], offsets, ts, raw_user_ids=user_ids, raw_item_ids=item_ids,
-                         ratings=ratings, origin=dict(self.origin))
+                         ratings=ratings, origin=dict(self.origin),
+                         columns={k: v[order] for k, v in self.columns.items()})
 
 
 @dataclass
@@ -115,6 +125,7 @@ class Sequences:
     raw_user_ids / raw_item_ids: the source's ids, indexed by new id (items: new id - 1)
     ratings: float32 [N] or None, aligned with items
     origin:  name, path or url, sha256 ... of the source (see `describe`)
+    columns: further per-event columns by name, each [N], aligned with items (InteractionLog.columns)
     """
 
     items: np.ndarray
@@ -124,6 +135,7 @@ class Sequences:
     raw_item_ids: np.ndarray
     ratings: np.ndarray | None = None
     origin: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -150,12 +162,19 @@ class Sequences:
             return None
         return self.ratings[self.offsets[u] : self.offsets[u + 1]]
 
+    def user_column(self, u: int, name: str) -> np.ndarray:
+        """User u's events' values of the extra column `name` (KeyError naming what exists)."""
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; this data has {sorted(self.columns)}")
+        return self.columns[name][self.offsets[u] : self.offsets[u + 1]]
+
     def describe(self) -> dict[str, Any]:
         """What was loaded, as plain JSON values: the origin (name, path or url, sha256, ...)
         and the counts. Meant for logs and metrics.json."""
         return {**self.origin, "n_users": self.n_users, "n_items": self.n_items,
                 "n_interactions": int(len(self.items)), "has_time": self.timestamps is not None,
-                "has_ratings": self.ratings is not None}
+                "has_ratings": self.ratings is not None,
+                **({"columns": sorted(self.columns)} if self.columns else {})}
 
     def drop_short(self, min_length: int, source: str) -> Sequences:
         """Drop users too short for the split, logging how many (not an error)."""
@@ -171,7 +190,7 @@ class Sequences:
         ts = None if self.timestamps is None else self.timestamps[rows]
         ratings = None if self.ratings is None else self.ratings[rows]
         return Sequences(self.items[rows], offsets, ts, self.raw_user_ids[keep], self.raw_item_ids,
-                         ratings, dict(self.origin))
+                         ratings, dict(self.origin), {k: v[rows] for k, v in self.columns.items()})
 
     def save(self, path: Path) -> None:
         """Write atomically, so an interrupted run never leaves a half-written cache."""
@@ -183,6 +202,7 @@ class Sequences:
             arrays["timestamps"] = self.timestamps
         if self.ratings is not None:
             arrays["ratings"] = self.ratings
+        arrays.update({f"column.{k}": v for k, v in self.columns.items()})
         arrays["origin"] = np.array(json.dumps(self.origin, sort_keys=True, default=str))  # str, no pickle
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -194,7 +214,9 @@ class Sequences:
             ts = z["timestamps"] if "timestamps" in z.files else None
             ratings = z["ratings"] if "ratings" in z.files else None
             origin = json.loads(str(z["origin"])) if "origin" in z.files else {}
-            seqs = cls(z["items"], z["offsets"], ts, z["raw_user_ids"], z["raw_item_ids"], ratings, origin)
+            columns = {f.removeprefix("column."): z[f] for f in z.files if f.startswith("column.")}
+            seqs = cls(z["items"], z["offsets"], ts, z["raw_user_ids"], z["raw_item_ids"], ratings, origin,
+                       columns)
         log.info("data: %s", json.dumps(seqs.describe(), default=str))
         return seqs
 

@@ -77,33 +77,41 @@ class SyntheticSource:
     """Hydra-buildable source with the same interface as `genrec.data.sources.Source`.
 
     `settings` holds every generator argument, defaults included, so a changed default
-    changes the cache key too.
+    changes the cache key too. A subclass swaps `generator` (and `versions`) to serve another
+    embedded generator (genrec/data/behavior_synthetic.py).
     """
+
+    generator = staticmethod(generate_synthetic)
 
     def __init__(self, name: str = "synthetic", **params: Any) -> None:
         self.name = name
         try:
-            bound = inspect.signature(generate_synthetic).bind(**params)
+            bound = inspect.signature(self.generator).bind(**params)
         except TypeError as exc:  # a typo fails here, by name
             raise DataError(f"data '{name}': bad synthetic setting: {exc}") from exc
         bound.apply_defaults()
         self.settings: dict[str, Any] = dict(bound.arguments)
 
     def __repr__(self) -> str:
-        return f"SyntheticSource(name={self.name!r}, {self.settings})"
+        return f"{type(self).__name__}(name={self.name!r}, {self.settings})"
 
     def prepare(self, cache_dir) -> None:  # nothing to download
         return None
 
+    def versions(self) -> dict[str, int]:
+        """The generator code versions the cache key and origin carry."""
+        return {"generator_version": GENERATOR_VERSION}
+
     def load(self, cache_dir) -> InteractionLog:
-        interactions = generate_synthetic(**self.settings)
-        interactions.origin = {"name": self.name, "generator": "genrec.data.synthetic.generate_synthetic",
-                               "generator_version": GENERATOR_VERSION, "settings": dict(self.settings)}
+        interactions = self.generator(**self.settings)
+        generator = f"{self.generator.__module__}.{self.generator.__qualname__}"
+        interactions.origin = {"name": self.name, "generator": generator, **self.versions(),
+                               "settings": dict(self.settings)}
         log.info("data '%s': generated %d interactions with %s", self.name, len(interactions), self.settings)
         return interactions
 
     def fingerprint(self) -> str:
-        return processed_key(self.name, generator_version=GENERATOR_VERSION, **self.settings)
+        return processed_key(self.name, **self.versions(), **self.settings)
 
     def cache_key(self, **preprocessing: Any) -> str:
         """Key of the processed cache: generator settings and version plus every preprocessing parameter."""

@@ -17,6 +17,7 @@ this file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,9 +107,18 @@ def _has(net: nn.Module, *methods: str) -> bool:
     return all(callable(getattr(net, m, None)) for m in methods)
 
 
+def takes_features(net: nn.Module) -> bool:
+    """encode or prefill takes per-step dense features (the generative model: its own builder,
+    genrec/export/generative.py)."""
+    methods = [getattr(net, m, None) for m in ("encode", "prefill")]
+    return any(callable(m) and "dense_features" in inspect.signature(m).parameters for m in methods)
+
+
 def is_scorer(net: nn.Module) -> bool:
-    """encode(items[, timestamps]) -> hidden and score(hidden) -> scores over the item table."""
-    return _has(net, "encode", "score") and hasattr(getattr(net, "config", None), "n_items")
+    """encode(items[, timestamps]) -> hidden and score(hidden) -> scores over the item table
+    (items, and timestamps, are all it reads: not a model that takes dense features)."""
+    return (_has(net, "encode", "score") and hasattr(getattr(net, "config", None), "n_items")
+            and not takes_features(net))
 
 
 def streams_items(net: nn.Module) -> bool:
@@ -183,4 +193,5 @@ def streaming_specs(net: nn.Module, head: TopKHead, n_items: int) -> list[GraphS
     return [prefill, decode]
 
 
-from genrec.export import seq2seq  # noqa: E402, F401  (registers the encoder-decoder builder)
+# the modules below register their builders
+from genrec.export import generative, seq2seq  # noqa: E402, F401

@@ -127,8 +127,9 @@ class TopKHead(nn.Module):
     def forward(self, scores: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """history: int64 [B, H] item ids to exclude (0 = padding, excluded anyway)."""
         scores = scores.float()
-        pad = torch.full_like(scores[:, :1], float("-inf"))  # [B, 1]
-        scores = torch.cat([pad, scores[:, 1:]], 1)  # [B, N + 1] padding never recommended
+        # padding never recommended: a constant mask (one Where node; N is fixed at export)
+        first = torch.arange(scores.shape[1], device=scores.device) == 0  # [N + 1]
+        scores = scores.masked_fill(first, float("-inf"))  # [B, N + 1]
         if self.mask_history:
             scores = scores.scatter(1, history, float("-inf"))  # [B, N + 1]
         top_scores, top_items = scores.topk(self.k, dim=1)  # [B, K], sorted descending
@@ -155,33 +156,50 @@ class PrefillGraph(nn.Module):
     """items [B, T] -> head outputs, present_kv [L, 2, B, H, T, Dh], present_valid bool [B, T].
 
     The first decode step's past_items are these items (not an output: TensorRT engines do not
-    pass an input straight through)."""
+    pass an input straight through). A model whose prefill takes more inputs (dense features)
+    subclasses this with its own forward signature and calls `run(items, name=tensor, ...)`;
+    a prefill returning (logits, *extra, cache) adds the extras (e.g. head scores) after the
+    top-K outputs when `extra_outputs` is set."""
 
-    def __init__(self, net: nn.Module, head: TopKHead) -> None:
+    def __init__(self, net: nn.Module, head: TopKHead, extra_outputs: bool = False) -> None:
         super().__init__()
         self.net = net
         self.head = head
+        self.extra_outputs = extra_outputs
 
     def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores, cache = self.net.prefill(items)
-        return (*self.head(scores, items), cache.kv, cache.valid)
+        return self.run(items)
+
+    def run(self, items: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores, *extra, cache = self.net.prefill(items, **inputs)
+        extra = extra if self.extra_outputs else []
+        return (*self.head(scores, items), *extra, cache.kv, cache.valid)
 
 
 class DecodeGraph(nn.Module):
     """new_items [B, 1], past_kv [L, 2, B, H, P, Dh], past_valid bool [B, P] (the cache's stored
     fill), past_items [B, P] (the history the head masks, nothing else) -> head outputs,
-    present_kv [L, 2, B, H, P + 1, Dh], present_valid [B, P + 1], present_items [B, P + 1]."""
+    present_kv [L, 2, B, H, P + 1, Dh], present_valid [B, P + 1], present_items [B, P + 1].
 
-    def __init__(self, net: nn.Module, head: TopKHead) -> None:
+    History masking costs O(P): one Concat (present_items) and a ScatterElements of P + 1 ids
+    into the scores. More inputs (dense features) and extra outputs: as PrefillGraph."""
+
+    def __init__(self, net: nn.Module, head: TopKHead, extra_outputs: bool = False) -> None:
         super().__init__()
         self.net = net
         self.head = head
+        self.extra_outputs = extra_outputs
 
     def forward(self, new_items: torch.Tensor, past_kv: torch.Tensor, past_valid: torch.Tensor,
                 past_items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        scores, cache = self.net.decode(new_items, KVCache(past_kv, past_valid))
+        return self.run(new_items, past_kv, past_valid, past_items)
+
+    def run(self, new_items: torch.Tensor, past_kv: torch.Tensor, past_valid: torch.Tensor,
+            past_items: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores, *extra, cache = self.net.decode(new_items, cache=KVCache(past_kv, past_valid), **inputs)
+        extra = extra if self.extra_outputs else []
         items = torch.cat([past_items, new_items], 1)  # [B, P + 1] the history to mask
-        return (*self.head(scores, items), cache.kv, cache.valid, items)
+        return (*self.head(scores, items), *extra, cache.kv, cache.valid, items)
 
 
 # ---- random valid inputs ----

@@ -48,14 +48,21 @@ class KVCache(NamedTuple):
     @classmethod
     def from_layers(cls, present: list[KV], valid: torch.Tensor, cross_kv: torch.Tensor | None = None,
                     enc_valid: torch.Tensor | None = None) -> KVCache:
-        """Stack the per-layer (k, v) [B, H, P, Dh] that attention returned; valid bool [B, P]."""
-        return cls(torch.stack([torch.stack(kv) for kv in present]), valid, cross_kv, enc_valid)
+        """Stack the per-layer (k, v) [B, H, P, Dh] that attention returned; valid bool [B, P].
+        One stack of all 2L tensors (a single copy in an exported graph, not one per nesting level)."""
+        kv = torch.stack([t for layer in present for t in layer])  # [2L, B, H, P, Dh]
+        return cls(kv.unflatten(0, (len(present), 2)), valid, cross_kv, enc_valid)
 
     def grown(self, present: list[KV], new_valid: torch.Tensor) -> KVCache:
         """This cache after a step: present = the per-layer (k, v) over P + T positions that
         attention returned (past and new), new_valid bool [B, T] which new positions are real."""
         valid = torch.cat([self.valid, new_valid.to(torch.bool)], 1)  # [B, P + T]
-        return KVCache.from_layers(present, valid, self.cross_kv, self.enc_valid)
+        # the old cache plus the T new positions of every layer: one copy of the past (restacking
+        # the per-layer [P + T] tensors would copy it twice in an exported decode graph)
+        p = self.seq_len
+        new = torch.stack([t[..., p:, :] for layer in present for t in layer])  # [2L, B, H, T, Dh]
+        new = new.unflatten(0, (len(present), 2))  # [L, 2, B, H, T, Dh]
+        return KVCache(torch.cat([self.kv, new], -2), valid, self.cross_kv, self.enc_valid)
 
     @property
     def seq_len(self) -> int:
@@ -67,8 +74,10 @@ class KVCache(NamedTuple):
         return self.valid.long().sum(1)
 
     def layer(self, i: int) -> KV:
-        """Layer i's self-attention (keys, values), each [B, heads, P, head_dim]."""
-        return self.kv[i, 0], self.kv[i, 1]
+        """Layer i's self-attention (keys, values), each [B, heads, P, head_dim]. Indexed on the
+        [2L, ...] view: an exported graph splits the cache once, not per layer and then per K/V."""
+        flat = self.kv.flatten(0, 1)  # [2L, B, H, P, Dh] (a view of the contiguous cache)
+        return flat[2 * i], flat[2 * i + 1]
 
     def cross_layer(self, i: int) -> KV:
         """Layer i's cross-attention (keys, values), each [B, heads, S, head_dim]."""

@@ -106,9 +106,12 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, Dh]
             v = torch.cat([past[1], v], dim=2)
         p = self.attn_dropout.p if self.training else 0.0
-        if p > 0 and q.device.type in EXPLICIT_DROPOUT_DEVICES:
+        if (p > 0 and q.device.type in EXPLICIT_DROPOUT_DEVICES) or torch.compiler.is_exporting():
             # CPU: an explicit softmax so the weights take the fast dropout (SDPA's dropout draws a
-            # float per weight); elsewhere the fused kernel applies the dropout itself
+            # float per weight); elsewhere the fused kernel applies the dropout itself. Export takes
+            # this form too: the exporter's SDPA decomposition copies K through Reshape/Transpose/
+            # Reshape and adds an IsNaN guard, 11 more ONNX nodes per layer (per-call overhead of a
+            # decode step); q @ k^T here becomes one FusedMatMul(transB) in onnxruntime
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, T, P+T]
             weights = self.attn_dropout(scores.masked_fill(~mask, float("-inf")).softmax(-1))
             y = weights @ v  # [B, H, T, Dh]
@@ -173,7 +176,8 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, residual: nn.Module,
-                 residual_ffn: nn.Module, attention: nn.Module | None = None, form: str = "pre_ln") -> None:
+                 residual_ffn: nn.Module, attention: nn.Module | None = None, form: str = "pre_ln",
+                 d_inner: int | None = None) -> None:  # d_inner: the FFN width (None: d_model)
         super().__init__()
         if form not in BLOCK_FORMS:
             raise ValueError(f"model.block must be one of {BLOCK_FORMS}, got {form!r}")
@@ -181,7 +185,7 @@ class TransformerBlock(nn.Module):
         self.attn_norm = nn.LayerNorm(d_model, eps=1e-8)
         self.attn = attention if attention is not None else CausalSelfAttention(d_model, n_heads, dropout)
         self.ffn_norm = nn.LayerNorm(d_model, eps=1e-8)
-        self.ffn = FeedForward(d_model, d_model, dropout)
+        self.ffn = FeedForward(d_model, d_inner or d_model, dropout)
         self.attn_residual = residual
         self.ffn_residual = residual_ffn
         self.dropout = FastDropout(dropout)
