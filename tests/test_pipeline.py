@@ -170,8 +170,8 @@ PINNED = {
         "callbacks.early_stopping.patience": 10},
     "generative_ml1m": {
         "data.source.name": "ml-1m-behavior", "data.num_features": 16, "data.maxlen": 200,
-        "data.batch_size": 128, "model.num_features": 16, "model.embedding_dim": 128, "model.hidden_dim": 256,
-        "model.num_layers": 2, "model.num_heads": 2, "model.dropout": 0.1, "model.scale_embedding": True,
+        "data.batch_size": 128, "model.num_features": 16, "model.embedding_dim": 128, "model.hidden_dim": 128,
+        "model.num_layers": 2, "model.num_heads": 1, "model.dropout": 0.1, "model.scale_embedding": True,
         "task._target_": "genrec.tasks.generative.GenerativeTask", "task.optimizer.lr": 0.001,
         "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 40,
         "trainer.max_time": "00:00:30:00", "callbacks.early_stopping": None},
