@@ -56,6 +56,19 @@ def compose_config(tmp_path: Path, overrides: list[str] = (), config_name: str =
     return cfg
 
 
+def experiment_config(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """An experiment composed as train.py would (no TINY shrinking: the caller's overrides shrink
+    it), on the CPU without loggers or bars, writing under tmp_path."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "logger=none", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.data_dir = str(tmp_path / "data")
+    return cfg
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """compose(overrides) -> a tiny training config writing under tmp_path."""

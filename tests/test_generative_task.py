@@ -5,13 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_config
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from conftest import compose_config, experiment_config
 
 from genrec.data.behavior_datasets import BehaviorBatch
 from genrec.generation.beam import beam_search
@@ -231,18 +228,6 @@ def test_decode_steps_feed_the_chosen_item_with_the_last_features_and_never_repe
 
 
 # ---- the pipeline ----
-def _experiment_config(tmp_path: Path, overrides: list[str]):
-    """An experiment composed as train.py would, shrunk for a test, writing under tmp_path."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", "logger=none", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.data_dir = str(tmp_path / "data")
-    return cfg
-
-
 TINY_BEHAVIOR = ["data.source.n_users=150", "data.source.n_items=80", "data.sampled_negatives=20",
                  "data.maxlen=20", "data.batch_size=64",
                  "model.embedding_dim=32", "model.hidden_dim=64", "model.num_layers=1", "model.num_heads=2",
@@ -250,7 +235,7 @@ TINY_BEHAVIOR = ["data.source.n_users=150", "data.source.n_items=80", "data.samp
 
 
 def test_train_writes_best_validation_ndcg_and_auc(tmp_path):
-    metrics = train(_experiment_config(tmp_path, ["experiment=generative_synthetic", *TINY_BEHAVIOR]))
+    metrics = train(experiment_config(tmp_path, ["experiment=generative_synthetic", *TINY_BEHAVIOR]))
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "val/ndcg@10_best" in written and written["test/ndcg@10"] == pytest.approx(metrics["test/ndcg@10"])
     auc = [k for k in written if k.startswith("test/auc/")]
@@ -271,7 +256,7 @@ def test_generative_synthetic_learns_a_planted_flag_and_beats_popularity(tmp_pat
     (40% of clicks on a once-visited cluster vs 1% in favourite ones) is learned first; engagement's
     planted signal is weaker from the past alone (a category-share oracle: AUC 0.61 on training
     rows) and stays near 0.52-0.59 this early (measured), so it is not asserted here."""
-    metrics = train(_experiment_config(tmp_path, ["experiment=generative_synthetic", "trainer.max_epochs=6",
+    metrics = train(experiment_config(tmp_path, ["experiment=generative_synthetic", "trainer.max_epochs=6",
                                                   "trainer.max_time=null"]))
     assert metrics["val/auc/not_interested_best"] > 0.65, metrics
     assert metrics["test/ndcg@10"] > 2 * metrics["popularity/test/ndcg@10"], metrics
@@ -280,7 +265,7 @@ def test_generative_synthetic_learns_a_planted_flag_and_beats_popularity(tmp_pat
 def test_train_with_beam_generation_logs_beam_metrics(tmp_path):
     overrides = ["experiment=generative_synthetic", *TINY_BEHAVIOR, "trainer.max_epochs=1",
                  "task.generation=beam", "task.generation_steps=2", "task.ks=[5,10]"]
-    metrics = train(_experiment_config(tmp_path, overrides))
+    metrics = train(experiment_config(tmp_path, overrides))
     assert 0 <= metrics["val/beam/ndcg@10_best"] <= metrics["val/beam/hr@10_best"] <= 1
     assert 0 <= metrics["test/beam/ndcg@10"] <= metrics["test/beam/hr@10"] <= 1
     assert "test/ndcg@10" in metrics  # the top-k ranking is reported beside it

@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from genrec.data.behavior_datamodule import BehaviorDataModule
 from genrec.data.behavior_datasets import BehaviorEvalDataset, BehaviorTrainDataset, collate_behavior
 from genrec.data.datasets import NextItemEvalDataset, NextItemTrainDataset, collate
+from genrec.data.phoenix_datamodule import PhoenixDataModule
+from genrec.data.phoenix_datasets import PhoenixEvalDataset, RetrievalTrainDataset, collate_phoenix
 from genrec.run.checkpoint import CheckpointError, read_checkpoint
 from genrec.run.evaluation import evaluate
 from genrec.run.training import build_components, build_trainer, train
@@ -32,7 +34,10 @@ def test_every_data_option_instantiates_its_data_module(tmp_path):
         assert datamodule.maxlen == cfg.data.maxlen > 0
         behavior = (BehaviorTrainDataset, BehaviorEvalDataset, collate_behavior)  # + features, labels
         next_item = (NextItemTrainDataset, NextItemEvalDataset, collate)
+        phoenix = (RetrievalTrainDataset, PhoenixEvalDataset, collate_phoenix)  # events, candidates
         train_set, eval_set, batcher = behavior if isinstance(datamodule, BehaviorDataModule) else next_item
+        if isinstance(datamodule, PhoenixDataModule):
+            train_set, eval_set, batcher = phoenix
         assert datamodule.make_train_dataset.func is train_set
         assert datamodule.make_eval_dataset.func is eval_set
         assert datamodule.collate.func is batcher
@@ -46,9 +51,13 @@ OTHER_MODELS = {
     **{name: {"n_items": 50, "num_features": 16, "embedding_dim": 32, "hidden_dim": 64, "num_layers": 1,
               "num_heads": 2, "heads": ("engagement",)}
        for name in ("generative", "generative_light", "generative_large", "generative_xl")},
+    **{name: {"n_items": 50, "n_users": 20, "n_authors": 5, "n_surfaces": 3, "actions": ("favorite", "click"),
+              "regression_actions": ("dwell_time",), "embedding_dim": 16, "num_layers": 1, "max_history": 8}
+       for name in ("phoenix_retrieval", "phoenix_ranker", "phoenix_ranker_grok")},
 }
 # each task option with a model it takes
-TASK_MODEL = {"next_item": "sasrec", "semantic_id": "rpg_ed", "generative": "generative_light"}
+TASK_MODEL = {"next_item": "sasrec", "semantic_id": "rpg_ed", "generative": "generative_light",
+              "retrieval": "phoenix_retrieval", "ranking": "phoenix_ranker"}
 
 
 def _net(tmp_path, model: str):
@@ -175,6 +184,41 @@ PINNED = {
         "task._target_": "genrec.tasks.generative.GenerativeTask", "task.optimizer.lr": 0.001,
         "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 40,
         "trainer.max_time": "00:00:30:00", "callbacks.early_stopping": None},
+    "phoenix_retrieval_synthetic": {
+        "data.source.name": "phoenix_synthetic", "data.maxlen": 50, "data.batch_size": 128,
+        "model._target_": "genrec.models.phoenix.PhoenixRetrieval", "model.embedding_dim": 64,
+        "model.num_layers": 2, "task._target_": "genrec.tasks.retrieval.RetrievalTask",
+        "task.temperature": 0.05, "task.logq_correction": True, "task.ks": [10, 100, 1000],
+        "task.optimizer.lr": 0.002, "trainer.max_epochs": 40, "trainer.max_time": "00:00:04:00"},
+    "phoenix_ranker_synthetic": {
+        "data.source.name": "phoenix_synthetic", "data.maxlen": 50, "data.batch_size": 32,
+        "data.train_dataset._target_": "genrec.data.phoenix_datasets.RankerTrainDataset",
+        "data.train_dataset.n_candidates": 64, "data.train_dataset.positives": 16,
+        "model._target_": "genrec.models.phoenix.PhoenixRanker",
+        "model.embedding_dim": 64, "model.num_layers": 2, "model.num_heads": 2,
+        "task._target_": "genrec.tasks.ranking.RankingTask", "task.monitor": "val/sampled/ndcg@10",
+        "task.action_weights.favorite": 0.5, "task.action_weights.reply": 5.0,
+        "task.action_weights.report": -234.0, "trainer.max_time": "00:00:04:00"},
+    "phoenix_retrieval_ml100k": {
+        "data.source.name": "phoenix_ml100k", "data.maxlen": 128, "model.embedding_dim": 64,
+        "task._target_": "genrec.tasks.retrieval.RetrievalTask", "task.extra_negatives": 256,
+        "task.logq_correction": False,
+        "trainer.max_time": "00:00:08:00"},
+    "phoenix_ranker_ml100k": {
+        "data.source.name": "phoenix_ml100k", "data.maxlen": 128,
+        "data.train_dataset._target_": "genrec.data.phoenix_datasets.RankerTrainDataset",
+        "model._target_": "genrec.models.phoenix.PhoenixRanker", "model.embedding_dim": 64,
+        "task._target_": "genrec.tasks.ranking.RankingTask", "trainer.max_time": "00:00:08:00"},
+    "phoenix_retrieval_beauty": {
+        "data.source.name": "phoenix_beauty", "data.maxlen": 50, "model.embedding_dim": 64,
+        "task._target_": "genrec.tasks.retrieval.RetrievalTask", "task.extra_negatives": 1024,
+        "task.logq_correction": False,
+        "trainer.max_time": "00:00:20:00"},
+    "phoenix_ranker_beauty": {
+        "data.source.name": "phoenix_beauty", "data.maxlen": 50,
+        "data.train_dataset._target_": "genrec.data.phoenix_datasets.RankerTrainDataset",
+        "model._target_": "genrec.models.phoenix.PhoenixRanker", "model.embedding_dim": 64,
+        "task._target_": "genrec.tasks.ranking.RankingTask", "trainer.max_time": "00:00:20:00"},
     "tisasrec_ml1m": {
         "data.maxlen": 200, "data.batch_size": 128, "data.kcore": 5,
         "model._target_": "genrec.models.tisasrec.TiSASRec", "model.hidden_units": 50,

@@ -1,7 +1,8 @@
 """Behaviour logs: the schema (re-exported from `behavior_schema.py`) and `BehaviorSource`.
 
 A behaviour log is an `InteractionLog` whose `columns` carry the optional per-interaction
-fields of `FIELDS` (feedback flags, watch time, context, user attributes, item category) that
+fields of `FIELDS` (feedback flags, watch time, context, user attributes, item category and
+author) that
 its source really has; `column(seqs, u, name)` reads one back default-filled, `has` tells
 whether the data has it, `record(seqs, u, t)` returns one event as a `BehaviorRecord`.
 Readers live in `behavior_formats.py`; the embedded generator in `behavior_synthetic.py`.
@@ -48,7 +49,8 @@ class BehaviorSource:
     name:   data set name (cache folder data/processed/<name>/)
     format: a key of BEHAVIOR_FORMATS: "ml-100k" (path = folder with ml-100k.inter/.user/.item),
             "ml-1m" (path = the ml-1m-sasrec folder; meta_path = the GroupLens folder),
-            "kuairand" (path = a KuaiRand log csv; optional utc_offset_hours)
+            "kuairand" (path = a KuaiRand log csv; optional utc_offset_hours),
+            "beauty" (path = the beauty-5core-s3rec folder; author = the brand)
     sha256: published sha256 of the files: one string for the first (main) file, or a mapping
             {file name: sha256}; a different file is used with a warning
     hint:   how to get the data, appended to `file not found: <path>`

@@ -1,5 +1,6 @@
 """Readers of behaviour logs: MovieLens-100K (RecBole atomic files), MovieLens-1M (SASRec ids
-joined to the GroupLens side files) and KuaiRand log CSVs, each an `InteractionLog` whose
+joined to the GroupLens side files), KuaiRand log CSVs and Amazon Beauty (S3Rec ids with the
+brand as author), each an `InteractionLog` whose
 `columns` hold only the behaviour fields (behavior_schema.FIELDS) the source really has.
 
 As in `formats.py`, the interactions are read with one fast call and a failure is re-scanned
@@ -10,6 +11,7 @@ files (users, items, id maps) are read line by line directly.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from genrec.data.behavior_schema import as_columns, rating_flags, time_context
-from genrec.data.formats import read_recbole_inter, read_sasrec_pairs
+from genrec.data.formats import read_grouped, read_recbole_inter, read_sasrec_pairs
 from genrec.data.interactions import DataError, InteractionLog
 from genrec.data.validation import (
     Field,
@@ -37,7 +39,7 @@ ML_GENRES: tuple[str, ...] = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
     "Western")
 # Bump when a reader's output for the same files changes: behaviour cache keys include it.
-READER_VERSION = 1
+READER_VERSION = 2  # 2: KuaiRand author_id -> author
 
 _GENRE_ID = {g: i + 1 for i, g in enumerate(ML_GENRES)} | {"unknown": 0}
 # ML-100K occupations (its u.occupation list), sorted: occupation = 1-based position.
@@ -210,7 +212,7 @@ def read_ml1m(path: PathLike, meta_path: PathLike) -> InteractionLog:
 # KuaiRand column -> (behaviour field, validation kind); ids and time are required, the rest optional.
 KUAIRAND_FLAGS = {"is_click": "click", "is_like": "like", "is_follow": "follow", "is_comment": "comment",
                   "is_forward": "share", "is_hate": "not_interested"}
-_KUAIRAND_NUMBERS = {"play_time_ms": "number", "duration_ms": "number", "tab": "id"}
+_KUAIRAND_NUMBERS = {"play_time_ms": "number", "duration_ms": "number", "tab": "id", "author_id": "id"}
 _KUAIRAND_REQUIRED = ("user_id", "video_id", "time_ms")
 
 
@@ -262,12 +264,13 @@ def _check_range(p: Path, df: pd.DataFrame, column: str, ok: np.ndarray, what: s
 def read_kuairand(path: PathLike, utc_offset_hours: float = 8.0) -> InteractionLog:
     """A KuaiRand log CSV (log_standard_*.csv / log_random_*.csv): header with user_id, video_id,
     time_ms and any of is_click, is_like, is_follow, is_comment, is_forward (-> share), is_hate
-    (-> not_interested), play_time_ms, duration_ms, tab (-> source + 1). watch_time and duration
+    (-> not_interested), play_time_ms, duration_ms, tab (-> source + 1), author_id (-> author + 1,
+    as in KuaiRand's video features; 0 stays "unknown"). watch_time and duration
     in seconds, watch_ratio = play / duration (0 when duration is 0). hour/weekday: time_ms in
     local time, UTC+8 by default (KuaiRand's own date/hourmin columns are Beijing time)."""
     p = existing_file(path)
     df = _kuairand_table(p)
-    for c in ("user_id", "video_id", "tab", *KUAIRAND_FLAGS):
+    for c in ("user_id", "video_id", "tab", "author_id", *KUAIRAND_FLAGS):
         if c in df:
             v = df[c].to_numpy()
             _check_range(p, df, c, (v >= 0) & (v == np.floor(v)), "is not a non-negative integer")
@@ -282,6 +285,8 @@ def read_kuairand(path: PathLike, utc_offset_hours: float = 8.0) -> InteractionL
     values |= time_context(seconds, utc_offset_hours)
     if "tab" in df:
         values["source"] = df["tab"].to_numpy() + 1
+    if "author_id" in df:
+        values["author"] = df["author_id"].to_numpy() + 1
     if "play_time_ms" in df:
         values["watch_time"] = df["play_time_ms"].to_numpy() / 1000.0
     if "duration_ms" in df:
@@ -291,6 +296,59 @@ def read_kuairand(path: PathLike, utc_offset_hours: float = 8.0) -> InteractionL
         values["watch_ratio"] = np.divide(play, dur, out=np.zeros_like(play), where=dur > 0)
     return InteractionLog(df["user_id"].to_numpy(np.int64), df["video_id"].to_numpy(np.int64), seconds,
                           str(p), columns=as_columns(values))
+
+
+# ---------------------------------------------------------------------------------------------
+# Amazon Beauty 5-core, S3Rec ids: the brand as author
+# ---------------------------------------------------------------------------------------------
+
+def beauty_files(path: PathLike) -> list[Path]:
+    folder = Path(path).expanduser()
+    return [folder / "Beauty.txt", folder / "Beauty_item2attributes.json"]
+
+
+def _item_attributes(path: Path) -> dict[int, list[int]]:
+    """`{"item_id": [attribute_id, ...]}` with every id checked."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected an object {{item_id: [attribute ids]}}, got {type(raw).__name__}")
+    out = {}
+    for key, attrs in raw.items():
+        if problem("id", key) or not isinstance(attrs, list) or not all(
+                isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in attrs):
+            raise DataError(f"{path}: item {key!r}: expected a positive integer id -> a list of positive "
+                            f"integer attribute ids, got {attrs!r}")
+        out[int(key)] = attrs
+    return out
+
+
+def brand_of_items(attributes: dict[int, list[int]]) -> dict[int, int]:
+    """Each item's brand attribute id, 0 for none. S3Rec's data_process.py writes an item's
+    attributes as [brand (if kept), category, subcategory, ...], so a brand only ever comes
+    first: an attribute that appears AFTER another one in some item's list is a category, and
+    an item's brand is its first attribute unless that is a category."""
+    categories = {a for attrs in attributes.values() for a in attrs[1:]}
+    return {item: attrs[0] if attrs and attrs[0] not in categories else 0
+            for item, attrs in attributes.items()}
+
+
+def read_beauty(path: PathLike) -> InteractionLog:
+    """`path`: the beauty-5core-s3rec folder (Beauty.txt grouped, file order = time order, no
+    time or rating; Beauty_item2attributes.json). Columns: author = the item's brand
+    (`brand_of_items`), renumbered 1..n_brands in attribute-id order, 0 = no brand or no entry;
+    click = 1 for every event (each is a review: the ranker's sampled negatives give the 0s)."""
+    txt, attr_p = (existing_file(p) for p in beauty_files(path))
+    log = read_grouped(txt)
+    brands = brand_of_items(_item_attributes(attr_p))
+    ids = np.unique([b for b in brands.values() if b])  # [n_brands] attribute ids
+    table = np.zeros(max([*brands, int(log.items.max())]) + 1, dtype=np.int64)  # raw item -> author
+    for item, b in brands.items():
+        table[item] = 0 if b == 0 else int(np.searchsorted(ids, b)) + 1
+    values = {"author": table[log.items], "click": np.ones(len(log), dtype=np.int8)}
+    return InteractionLog(log.users, log.items, None, str(txt), columns=as_columns(values))
 
 
 @dataclass(frozen=True)
@@ -305,4 +363,5 @@ BEHAVIOR_FORMATS: dict[str, BehaviorFormat] = {
     "ml-100k": BehaviorFormat(read_ml100k, ml100k_files),
     "ml-1m": BehaviorFormat(read_ml1m, ml1m_files),
     "kuairand": BehaviorFormat(read_kuairand, kuairand_files),
+    "beauty": BehaviorFormat(read_beauty, beauty_files),
 }

@@ -49,6 +49,7 @@ FIELDS: tuple[BehaviorField, ...] = (
     BehaviorField("gender", "int", 0, "0 unknown, 1 F, 2 M"),
     BehaviorField("occupation", "int", 0, "occupation code, 1-based, 0 unknown"),
     BehaviorField("category", "int", 0, "the item's primary category / genre, 1-based, 0 unknown"),
+    BehaviorField("author", "int", 0, "the item's author / creator / brand, 1-based, 0 unknown"),
 )
 FIELD: dict[str, BehaviorField] = {f.name: f for f in FIELDS}
 
@@ -134,6 +135,7 @@ class BehaviorRecord:
     gender: int = 0
     occupation: int = 0
     category: int = 0
+    author: int = 0
 
 
 RECORD_FIELDS = tuple(f.name for f in fields(BehaviorRecord))[2:]  # the FIELDS names, in order

@@ -6,6 +6,9 @@ On top of it, seeded and vectorised:
 - user attributes (age, gender, occupation, a preferred device and hour of day);
 - context per event: hour (around the user's hour), weekday, device, network, source, position;
 - item duration (seconds, fixed per item) and category (= the item's cluster + 1);
+- item author (fixed per item, nested in clusters: cluster c owns authors
+  c * authors_per_cluster + 1 .. (c + 1) * authors_per_cluster, each item draws one of them),
+  from its own rng stream so every other column is what it was before authors existed;
 - feedback that depends on the user-item match. Each event has a match level from the user's
   cluster counts: FAVOURITE (the item's cluster is among the user's `n_favourite` most visited
   clusters), FAR (the user visits that cluster only this once), else OTHER. Like,
@@ -30,7 +33,7 @@ log = get_logger(__name__)
 
 # Bump when generate_behavior's output for the same settings changes: cached data is keyed on it
 # (together with synthetic.GENERATOR_VERSION, whose item sequences it reuses).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the author column
 
 FAR, OTHER, FAVOURITE = 0, 1, 2
 # match level -> (P(like | click), P(not_interested | click, no like), mean watch ratio)
@@ -40,6 +43,13 @@ MATCH_EFFECTS = {FAVOURITE: (0.55, 0.01, 0.85), OTHER: (0.10, 0.05, 0.50), FAR: 
 def item_clusters(n_items: int, n_clusters: int, seed: int) -> np.ndarray:
     """generate_synthetic's cluster of each item, [n_items] in 0..n_clusters-1 (its first draw)."""
     return np.random.default_rng(seed).integers(0, n_clusters, n_items)
+
+
+def item_authors(clusters: np.ndarray, authors_per_cluster: int, seed: int) -> np.ndarray:
+    """Each item's author [n_items], 1-based: one of its cluster's `authors_per_cluster` authors
+    (cluster c -> c * authors_per_cluster + 1 .. (c + 1) * authors_per_cluster)."""
+    rng = np.random.default_rng([seed, 16])  # its own stream: the other columns do not move
+    return clusters * authors_per_cluster + rng.integers(0, authors_per_cluster, len(clusters)) + 1
 
 
 def match_levels(users: np.ndarray, clusters: np.ndarray, n_favourite: int) -> np.ndarray:
@@ -98,17 +108,20 @@ def generate_behavior(
     p_popular: float = 0.05,
     zipf_a: float = 1.2,
     n_favourite: int = 2,
+    authors_per_cluster: int = 4,
     seed: int = 0,
 ) -> InteractionLog:
     """A seeded synthetic behaviour log with every field of the schema but rating."""
     base = synthetic.generate_synthetic(n_users, n_items, n_clusters, min_length, max_length, p_follow,
                                         p_popular, zipf_a, seed)
-    cluster = item_clusters(n_items, n_clusters, seed)[base.items]  # [N]
+    clusters = item_clusters(n_items, n_clusters, seed)  # [n_items]
+    cluster = clusters[base.items]  # [N]
     level = match_levels(base.users, cluster, n_favourite)  # [N]
     rng = np.random.default_rng([seed, 15])  # its own stream: the item sequences stay generate_synthetic's
     duration = np.round(np.clip(np.exp(rng.normal(4.0, 0.6, n_items)), 5, 600), 1)  # [n_items] seconds
     ctx = _context(rng, base.users, base.timestamps)  # type: ignore[arg-type]
     values = {**{k: v for k, v in ctx.items() if k != "seconds"}, "category": cluster + 1,
+              "author": item_authors(clusters, authors_per_cluster, seed)[base.items],
               **_feedback(rng, level, ctx, duration[base.items])}
     return InteractionLog(base.users, base.items, ctx["seconds"], source="behavior_synthetic",
                           columns=as_columns(values))

@@ -194,4 +194,4 @@ def streaming_specs(net: nn.Module, head: TopKHead, n_items: int) -> list[GraphS
 
 
 # the modules below register their builders
-from genrec.export import generative, seq2seq  # noqa: E402, F401
+from genrec.export import generative, phoenix, seq2seq  # noqa: E402, F401

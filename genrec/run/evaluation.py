@@ -19,7 +19,12 @@ log = get_logger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Returns every flat test metric the task logs (test/..., test/sampled/..., popularity/test/...)."""
+    """Returns every flat test metric the task logs (test/..., test/sampled/..., popularity/test/...);
+    with `retrieval_ckpt` set, the Phoenix two-stage evaluation's metrics instead."""
+    if cfg.get("retrieval_ckpt"):
+        from genrec.run.two_stage import evaluate_two_stage  # noqa: PLC0415  (it imports this module)
+
+        return evaluate_two_stage(cfg)
     ckpt_path = Path(cfg.ckpt_path)
     out_dir = Path(cfg.output_dir) if cfg.get("output_dir") else ckpt_path.parent.parent / "evaluation"
     if rank_zero_only.rank == 0:  # before the test pass, not after it

@@ -158,9 +158,14 @@ class RecTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_and_reset([n for n in self.metrics if n.startswith("val")])
+        self.log_stage_metrics("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_and_reset([n for n in self.metrics if not n.startswith("val")])
+        self.log_stage_metrics("test")
+
+    def log_stage_metrics(self, stage: str) -> None:
+        """Log and reset a subclass's own metrics (per-head AUC...) at the end of a val/test pass."""
 
     # ---- optimisation ----
     def configure_optimizers(self):

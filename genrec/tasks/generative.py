@@ -23,9 +23,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torchmetrics import Metric
-from torchmetrics.classification import BinaryAUROC
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from genrec.generation.items import beam_ranks
 from genrec.generation.next_items import generate_next_items
@@ -33,6 +30,7 @@ from genrec.metrics import RankingMetrics
 from genrec.models.size_report import log_size_report
 from genrec.rank_zero_log import get_logger
 from genrec.tasks.base import RecTask, net_inputs
+from genrec.tasks.head_metrics import build_head_metrics, log_head_metrics, update_head_metrics
 from genrec.tasks.losses import linear_cross_entropy, resolve_matmul_dtype
 from genrec.validation import ConfigError, check_range
 
@@ -161,25 +159,10 @@ class GenerativeTask(RecTask):
                                             self.hparams.generation_steps, self.beam_size)
         self.metrics[f"{stage}_beam"].update(*beam_ranks(items, scores, batch.target))
 
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        self._log_heads("val")
-
-    def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        self._log_heads("test")
-
-    def _log_heads(self, stage: str) -> None:
-        """Like RecTask._log_and_reset: compute() syncs across ranks, so all call it or none."""
+    def log_stage_metrics(self, stage: str) -> None:
         binary = head_names(self.net)[0]
         shown = f"{stage}/auc/{binary[0]}" if binary else None  # engagement: first in the data's HEADS
-        for key, metric in self.head_metrics.items():
-            name = self.head_keys[key]
-            if not name.startswith(f"{stage}/"):
-                continue
-            if self.trainer.strategy.reduce_boolean_decision(bool(metric.update_count), all=False):
-                self.log(name, metric.compute(), prog_bar=name == shown, sync_dist=False)
-            metric.reset()
+        log_head_metrics(self, self.head_metrics, self.head_keys, stage, shown)
 
 
 def resolve_head_weights(net: nn.Module, head_weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -196,34 +179,3 @@ def resolve_head_weights(net: nn.Module, head_weights: Mapping[str, float] | Non
     for name, weight in given.items():
         weights[name] = float(check_range(f"task.head_weights.{name}", weight, lo=0, integer=False))
     return weights
-
-
-def build_head_metrics(binary: Sequence[str], regression: Sequence[str]) -> tuple[nn.ModuleDict, dict]:
-    """Per stage: BinaryAUROC per binary head, MSE and MAE per regression head. Returns the
-    metrics (keys `<stage>_<kind>_<i>`, ModuleDict-safe) and key -> logged name (`val/auc/like`);
-    binary heads come first in the mapping."""
-    metrics: dict[str, Metric] = {}
-    names: dict[str, str] = {}
-    for stage in ("val", "test"):
-        for i, head in enumerate(binary):
-            metrics[f"{stage}_auc_{i}"], names[f"{stage}_auc_{i}"] = BinaryAUROC(), f"{stage}/auc/{head}"
-        for j, head in enumerate(regression, start=len(binary)):
-            for kind, metric in (("mse", MeanSquaredError()), ("mae", MeanAbsoluteError())):
-                key = f"{stage}_{kind}_{j}"
-                metrics[key], names[key] = metric, f"{stage}/{kind}/{head}"
-    return nn.ModuleDict(metrics), names
-
-
-def update_head_metrics(metrics: nn.ModuleDict, stage: str, scores: torch.Tensor,
-                        labels: torch.Tensor) -> None:
-    """scores (logits, then regression outputs) and labels float [B, H] into the stage's metrics."""
-    for key, metric in metrics.items():
-        kind_stage, kind, i = key.split("_")
-        if kind_stage != stage:
-            continue
-        i = int(i)
-        if kind == "auc":  # probabilities, not logits: torchmetrics would sigmoid only some batches
-            metric.update(torch.sigmoid(scores[:, i]), (labels[:, i] > 0.5).long())
-        else:
-            metric.update(scores[:, i], labels[:, i])
-

@@ -1,0 +1,1 @@
+"""Serving-side pieces: candidate indexes for the retrieval stage (faiss)."""
