@@ -116,9 +116,9 @@ TINY = ["data.source.n_users=120", "data.source.n_items=80", "data.source.n_clus
         "logger=none"]
 
 
-def _train(tmp: Path, experiment: str) -> dict:
+def _train(tmp: Path, experiment: str, *more: str) -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *TINY])
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *TINY, *more])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp / experiment)
         cfg.paths.data_dir = str(tmp / "data")
@@ -128,7 +128,10 @@ def _train(tmp: Path, experiment: str) -> dict:
 @pytest.fixture(scope="module")
 def phoenix_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("phoenix_runs")
-    return tmp, _train(tmp, "phoenix_ranker_synthetic"), _train(tmp, "phoenix_retrieval_synthetic")
+    # 80 items: a long history leaves too few unseen items for the experiment's 48 negatives
+    ranker = _train(tmp, "phoenix_ranker_synthetic", "data.train_dataset.n_candidates=16",
+                    "data.train_dataset.positives=4")
+    return tmp, ranker, _train(tmp, "phoenix_retrieval_synthetic")
 
 
 def _evaluate(tmp: Path, ranker: str, retrieval: str, out: Path, *more: str) -> dict:
