@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -54,6 +55,15 @@ def compose_config(tmp_path: Path, overrides: list[str] = (), config_name: str =
         cfg.paths.output_dir = str(tmp_path / "run")
         cfg.paths.data_dir = str(tmp_path / "data")
     return cfg
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on one torch thread: two fight over the shared CPUs (~20x slower per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def experiment_config(tmp_path: Path, overrides: list[str]) -> DictConfig:

@@ -25,13 +25,7 @@ from genrec.validation import ConfigError
 N_ITEMS, F = 40, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread (two fight over the shared CPUs, ~20x slower per step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: see conftest.one_thread
 
 
 def _net(heads=("like", "share"), regression=("rating",), seed=0, **kw) -> GenerativeRecommendationModel:

@@ -19,14 +19,7 @@ from genrec.tasks.ranking import RankingTask, final_score, ranking_losses
 from genrec.tasks.retrieval import candidate_log_q, sampled_softmax_logits
 from genrec.validation import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread (two fight over the shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: see conftest.one_thread
 
 
 # ---- retrieval loss pieces ----

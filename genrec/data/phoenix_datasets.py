@@ -160,8 +160,10 @@ class RankerTrainDataset(_PhoenixDataset):
         self.n_candidates = n_candidates
         self.positives = positives
         self.popular_negatives = popular_negatives
-        counts = training_popularity(split).numpy()[1:].astype(np.float64)  # [n_items] training rows only
-        self.popularity = counts / counts.sum()  # [n_items]
+        self.popularity = None  # [n_items] training popularity, only when some negatives use it
+        if popular_negatives > 0:
+            counts = training_popularity(split).numpy()[1:].astype(np.float64)  # training rows only
+            self.popularity = counts / counts.sum()
         self.users = np.flatnonzero(split.sequences.lengths - 2 >= 2)
 
     def __len__(self) -> int:
@@ -175,7 +177,8 @@ class RankerTrainDataset(_PhoenixDataset):
         seq = self.split.sequences.user(u)
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         n_neg = self.n_candidates - len(pos_rows)
-        popular = popular_items(rng, self.popularity, seq, round(n_neg * self.popular_negatives))
+        popular = (np.zeros(0, dtype=np.int64) if self.popularity is None
+                   else popular_items(rng, self.popularity, seq, round(n_neg * self.popular_negatives)))
         try:
             uniform = sample_negatives(rng, self.n_items, np.concatenate([seq, popular]),
                                        n_neg - len(popular), unique=True)

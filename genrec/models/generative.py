@@ -22,13 +22,21 @@ is the recommendation score.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from genrec.models.cache import KVCache
-from genrec.models.layers import KV, FastDropout, PlainResidual, TransformerBlock, causal_padding_mask
+from genrec.models.layers import (
+    KV,
+    FastDropout,
+    PlainResidual,
+    TransformerBlock,
+    causal_padding_mask,
+    export_config,
+    init_normal,
+)
 from genrec.validation import ConfigError, check_ranges
 
 
@@ -193,18 +201,12 @@ class GenerativeRecommendationModel(nn.Module):
         if isinstance(module, FeatureContext):
             nn.init.normal_(module.weight, std=std)  # a table of vectors, like an embedding
             nn.init.normal_(module.bias, std=std)  # nonzero so <b_i, b_j> terms start alive
-        if not isinstance(module, (nn.Linear, nn.Embedding)):
-            return
-        nn.init.normal_(module.weight, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init_normal(module, std)
 
     def export_config(self) -> dict:
         """What a checkpoint stores to rebuild this module without Hydra."""
-        cls = type(self)
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(self.config)}
+        return export_config(self)
 
     @property
     def required_inputs(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ block form reproduces the SASRec authors' code instead (see TransformerBlock).
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,23 @@ def random_bytes(shape: torch.Size, device: torch.device) -> torch.Tensor:
     words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
     words.random_(-(2**63), 2**63 - 1)  # the full range, so every byte is uniform
     return words.view(torch.uint8)[:n].view(shape)
+
+
+def init_normal(module: nn.Module, std: float) -> None:
+    """A Linear's or Embedding's weights from N(0, std); a Linear's bias and an Embedding's padding
+    row zero (the init the generative and Phoenix models share)."""
+    nn.init.normal_(module.weight, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        module.weight.data[module.padding_idx].zero_()
+
+
+def export_config(module: nn.Module) -> dict:
+    """What a checkpoint stores to rebuild a model without Hydra: its class as `_target_` plus its
+    `config` dataclass's fields."""
+    cls = type(module)
+    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(module.config)}
 
 
 def causal_padding_mask(key_valid: torch.Tensor, n_queries: int) -> torch.Tensor:

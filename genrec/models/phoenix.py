@@ -20,14 +20,14 @@ maxlen, as the configs set it) that is user 0, history 1..S, candidates S + 1.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genrec.models.hashing import HashEmbedding
-from genrec.models.layers import FastDropout
+from genrec.models.layers import FastDropout, export_config, init_normal
 from genrec.models.phoenix_blocks import (
     FFN_KINDS,
     NORM_KINDS,
@@ -222,16 +222,11 @@ class _PhoenixBase(nn.Module):
             nn.init.normal_(module.proj.weight, std=std)
             return
         if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.numel():
-            nn.init.normal_(module.weight, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+            init_normal(module, std)
 
     def export_config(self) -> dict:
         """What a checkpoint stores to rebuild this module without Hydra."""
-        cls = type(self)
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(self.config)}
+        return export_config(self)
 
     def _context(self, users: torch.Tensor, hist_items: torch.Tensor, hist_authors: torch.Tensor,
                  hist_actions: torch.Tensor, hist_surfaces: torch.Tensor) -> torch.Tensor:

@@ -19,14 +19,14 @@ beam parent.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genrec.models.cache import KVCache
-from genrec.models.layers import FastDropout, FeedForward
+from genrec.models.layers import FastDropout, FeedForward, export_config
 from genrec.validation import ConfigError, check_range, check_ranges
 
 N_SPECIAL = 3
@@ -204,8 +204,7 @@ class RPGED(nn.Module):
 
     def export_config(self) -> dict:
         """What a checkpoint stores to rebuild this module without Hydra."""
-        cls = type(self)
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(self.config)}
+        return export_config(self)
 
     # ---- token ids ----
     def codes_to_tokens(self, codes: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,20 @@ property that lets a per-layer K/V cache stream new events.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from genrec.models.cache import KVCache
-from genrec.models.layers import KV, FastDropout, TransformerBlock, causal_padding_mask, residual_class
+from genrec.models.layers import (
+    KV,
+    FastDropout,
+    TransformerBlock,
+    causal_padding_mask,
+    export_config,
+    residual_class,
+)
 from genrec.validation import ConfigError, check_ranges
 
 
@@ -94,8 +101,7 @@ class SASRec(nn.Module):
 
     def export_config(self) -> dict:
         """What a checkpoint stores to rebuild this module without Hydra."""
-        cls = type(self)
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **asdict(self.config)}
+        return export_config(self)
 
     # ---- forward ----
     def embed(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
