@@ -64,7 +64,7 @@ def check_writable(name: str, path: str | Path) -> Path:
 DATA_RANGES = {
     "maxlen": {"lo": 1}, "batch_size": {"lo": 1}, "eval_batch_size": {"lo": 1}, "num_workers": {"lo": 0},
     "prefetch_factor": {"lo": 1, "optional": True}, "kcore": {"lo": 0}, "min_length": {"lo": 3},
-    "sampled_negatives": {"lo": 0}, "seed": {"lo": 0},
+    "sampled_negatives": {"lo": 0}, "bucket_window": {"lo": 0}, "seed": {"lo": 0},
 }
 
 

@@ -23,6 +23,7 @@ from genrec.data.samplers import EpochSeededDataset, EpochShuffleSampler, ShardS
 from genrec.run.checkpoint import read_checkpoint
 from genrec.run.evaluation import evaluate
 from genrec.run.training import build_components, train
+from genrec.validation import ConfigError
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
@@ -49,6 +50,13 @@ def test_shard_sampler_covers_every_user_once_for_any_world_size():
             assert [len(s) for s in shards] == [len(ShardSampler(range(n), world, r)) for r in range(world)]
 
 
+def test_shard_sampler_with_lengths_visits_its_shard_shortest_first():
+    lengths = np.random.default_rng(2).integers(1, 50, 301)
+    shards = [list(ShardSampler(range(301), num_replicas=3, rank=r, lengths=lengths)) for r in range(3)]
+    assert [sorted(s) for s in shards] == [list(range(r, 301, 3)) for r in range(3)]
+    assert all(list(lengths[s]) == sorted(lengths[s]) for s in shards)
+
+
 def test_train_sampling_is_seeded_per_epoch_and_disjoint_across_ranks(tmp_path):
     datamodule, _ = build_components(compose_config(tmp_path, ["task.loss=bce"]))
     dataset = NextItemTrainDataset(datamodule.split, maxlen=20, negatives=True)
@@ -72,6 +80,70 @@ def test_train_sampling_is_seeded_per_epoch_and_disjoint_across_ranks(tmp_path):
     first = seeded[r0[0]]["negatives"]
     np.testing.assert_array_equal(seeded[r0[0]]["negatives"], first)  # a rerun draws the same
     assert not np.array_equal(seeded[(r0[0][0], 1)]["negatives"], first)  # the next epoch does not
+
+
+def _bucketed(lengths, batch, window, world=1, rank=0, epoch=0, seed=42):
+    sampler = EpochShuffleSampler(range(len(lengths)), num_replicas=world, rank=rank, seed=seed,
+                                  lengths=lengths, batch_size=batch, bucket_window=window)
+    sampler.set_epoch(epoch)
+    return np.array([i for i, _ in sampler])
+
+
+def test_bucketed_batches_hold_similar_lengths_and_every_row_once():
+    lengths = np.random.default_rng(0).integers(1, 201, 1003)  # 1003 = 31 batches of 32 + 11
+    order = _bucketed(lengths, batch=32, window=8)
+    assert sorted(order) == list(range(1003))
+    batches = [order[i : i + 32] for i in range(0, 1003, 32)]
+    assert len(batches[-1]) == 11  # the short batch stays last, so loader batches stay aligned
+    plain = np.random.default_rng([42, 0]).permutation(1003)
+    padded = sum(32 * lengths[b].max() for b in batches[:-1])
+    padded_plain = sum(32 * lengths[plain[i : i + 32]].max() for i in range(0, 992, 32))
+    assert padded < 0.7 * padded_plain  # ~0.6 for windows of 8 batches of uniform lengths
+    # full batches come out in random order, not shortest first
+    maxima = [lengths[b].max() for b in batches[:-1]]
+    assert maxima != sorted(maxima)
+    assert not np.array_equal(_bucketed(lengths, 32, 8, epoch=1), order)
+    np.testing.assert_array_equal(_bucketed(lengths, 32, 8), order)  # seeded by (seed, epoch)
+
+
+def test_bucketed_ranks_take_strides_of_the_same_global_batch():
+    lengths = np.random.default_rng(1).integers(1, 201, 640)
+    order = _bucketed(lengths, batch=64, window=4)
+    r0, r1 = (_bucketed(lengths, 64, 4, world=2, rank=r) for r in (0, 1))
+    for k in range(10):  # rank r's loader batch k (32 rows) is its half of global batch k
+        glob = set(order[k * 64 : (k + 1) * 64])
+        assert set(r0[k * 32 : (k + 1) * 32]) | set(r1[k * 32 : (k + 1) * 32]) == glob
+
+
+def test_bucket_window_needs_row_lengths(tmp_path):
+    with pytest.raises(ValueError, match="one length per dataset row"):
+        EpochShuffleSampler(range(5), lengths=np.ones(4), batch_size=2, bucket_window=2)
+    datamodule, _ = build_components(compose_config(tmp_path, ["data.bucket_window=4"]))
+    dataset = NextItemTrainDataset(datamodule.split, maxlen=20)
+    row_lengths = [len(dataset[i]["items"]) for i in range(len(dataset))]
+    np.testing.assert_array_equal(dataset.row_lengths(), row_lengths)
+    evaluation = datamodule.build_eval_dataset("val")
+    row_lengths = [len(evaluation[u]["items"]) for u in range(len(evaluation))]
+    np.testing.assert_array_equal(evaluation.row_lengths(), row_lengths)
+    assert len(list(datamodule.train_dataloader())) == len(datamodule.train_dataloader())
+    datamodule.make_train_dataset = lambda **kwargs: list(range(10))  # a dataset without row_lengths
+    with pytest.raises(ConfigError, match="data.bucket_window=4 needs"):
+        datamodule.train_dataloader()
+
+
+def test_evaluation_ordered_by_length_gives_the_same_metrics(tmp_path):
+    import lightning as L
+
+    results = []
+    for window in (0, 4):
+        L.seed_everything(0)
+        datamodule, task = build_components(compose_config(tmp_path, [f"data.bucket_window={window}"]))
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False)
+        results.append(trainer.validate(task, datamodule=datamodule, verbose=False)[0])
+    users = list(datamodule.val_dataloader().sampler)
+    assert users != sorted(users)  # the second pass really ran in another order
+    assert results[0]["val/ndcg@10"] > 0 and results[1] == pytest.approx(results[0], abs=1e-6)
 
 
 # ---- multi-process (subprocess) ----

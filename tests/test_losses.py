@@ -152,3 +152,24 @@ def test_task_rejects_an_unknown_loss():
     net, _ = _net_and_batch()
     with pytest.raises(ValueError, match="sampled_softmax"):
         next_item.NextItemTask(net, optimizer=torch.optim.Adam, loss="sampled")
+
+
+def _rows(batch: SequenceBatch, rows: slice) -> SequenceBatch:
+    return SequenceBatch(items=batch.items[rows], users=batch.users[rows], targets=batch.targets[rows])
+
+
+def test_row_sum_weighs_every_position_alike_across_batches_of_other_lengths():
+    net, batch = _net_and_batch()  # row 0 has 7 positions with a target, rows 1-3 have 10 each
+    short, rest = _rows(batch, slice(0, 1)), _rows(batch, slice(1, 4))
+
+    def loss(b, reduction):
+        return next_item.next_item_loss(net, b, "ce", reduction=reduction).item()
+
+    # row_sum is additive over rows: two batches' losses, weighted by rows, give the whole batch's
+    parts = loss(short, "row_sum") * 1 + loss(rest, "row_sum") * 3
+    assert loss(batch, "row_sum") * 4 == pytest.approx(parts, rel=1e-5)
+    # the token mean over-weighs the short batch's positions when batches are split by length
+    parts = loss(short, "token_mean") * 1 + loss(rest, "token_mean") * 3
+    assert loss(batch, "token_mean") * 4 != pytest.approx(parts, rel=1e-3)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        next_item.NextItemTask(net, optimizer=torch.optim.Adam, loss_reduction="sum")

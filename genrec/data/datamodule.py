@@ -46,7 +46,10 @@ class SequenceDataModule(L.LightningDataModule):
     Training order and negatives are seeded by (seed, epoch, index) and split over ranks;
     evaluation gives each rank a disjoint shard of the users, none repeated (see samplers.py).
     `pin_memory=None` pins when training on a GPU; `persistent_workers` keeps the
-    `num_workers` loader processes alive between epochs.
+    `num_workers` loader processes alive between epochs. `bucket_window` > 1 draws training
+    batches of similar length from windows of that many batches (samplers.EpochShuffleSampler),
+    so the collate pads less, and visits each evaluation shard shortest first; 0 or 1: plain
+    shuffle, users in id order.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class SequenceDataModule(L.LightningDataModule):
         kcore: int = 0,
         min_length: int = 3,
         sampled_negatives: int = 100,
+        bucket_window: int = 0,
         seed: int = 42,
         cache_dir: str = "data",
         train_dataset: Callable = NextItemTrainDataset,
@@ -80,6 +84,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.kcore = kcore
         self.min_length = min_length
         self.sampled_negatives = sampled_negatives
+        self.bucket_window = bucket_window
         self.seed = seed
         self.cache_dir = Path(cache_dir)
         check_ranges("data", self, DATA_RANGES)  # named errors for out-of-range numbers
@@ -224,7 +229,16 @@ class SequenceDataModule(L.LightningDataModule):
         optional = {f: f in self.train_fields for f in getattr(cls, "optional_fields", ())}
         dataset = self.make_train_dataset(split=self.split, maxlen=self.maxlen, **optional,
                                           **self.dataset_kwargs())
-        sampler = EpochShuffleSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        lengths = None
+        if self.bucket_window > 1:
+            if not hasattr(dataset, "row_lengths"):
+                raise ConfigError(f"data.bucket_window={self.bucket_window} needs the training rows' "
+                                  f"lengths, which {type(dataset).__name__} does not give "
+                                  "(row_lengths()); set data.bucket_window=0")
+            lengths = dataset.row_lengths()
+        sampler = EpochShuffleSampler(dataset, num_replicas=world, rank=rank, seed=self.seed,
+                                      lengths=lengths, batch_size=self.batch_size,
+                                      bucket_window=self.bucket_window)
         return self._loader(EpochSeededDataset(dataset, self.seed), self.batch_size // world, sampler)
 
     def build_eval_dataset(self, stage: str):
@@ -234,7 +248,10 @@ class SequenceDataModule(L.LightningDataModule):
     def _eval_loader(self, stage: str) -> DataLoader:
         world, rank = self._world()
         dataset = self.build_eval_dataset(stage)
-        sampler = ShardSampler(dataset, num_replicas=world, rank=rank)
+        # bucketing also orders each evaluation shard by length (metrics are sums: order-free)
+        ordered = self.bucket_window > 1 and hasattr(dataset, "row_lengths")
+        lengths = dataset.row_lengths() if ordered else None
+        sampler = ShardSampler(dataset, num_replicas=world, rank=rank, lengths=lengths)
         return self._loader(dataset, max(1, self.eval_batch_size // world), sampler)
 
     def val_dataloader(self) -> DataLoader:

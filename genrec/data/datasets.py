@@ -98,6 +98,10 @@ class NextItemTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.users)
 
+    def row_lengths(self) -> np.ndarray:
+        """int [len(self)] the input length of every row (what the collate pads to)."""
+        return np.minimum(self.split.sequences.lengths[self.users] - 3, self.maxlen)
+
     def __getitem__(self, idx: int) -> dict:
         u = int(self.users[idx])
         seq = self.split.history(u, "train")
@@ -130,6 +134,10 @@ class NextItemEvalDataset(Dataset):
 
     def __len__(self) -> int:
         return self.split.sequences.n_users
+
+    def row_lengths(self) -> np.ndarray:
+        """int [len(self)] the input length of every row (what the collate pads to)."""
+        return np.array([min(len(self.split.history(u, self.stage)), self.maxlen) for u in range(len(self))])
 
     def __getitem__(self, u: int) -> dict:
         history = self.split.history(u, self.stage)

@@ -23,12 +23,25 @@ class EpochShuffleSampler(DistributedSampler):
     """Seeded per-epoch permutation, strided over ranks; the last stride is padded by wrapping
     around (as DistributedSampler does) so that every rank takes the same number of steps.
 
+    With `lengths` and `bucket_window` > 1 the permutation is cut into windows of
+    `bucket_window` global batches, each window is sorted by length and cut into batches, and
+    the full batches are shuffled (the one short batch stays last): a batch then holds rows of
+    similar length, so a collate that pads to its longest row pads little. Every row is still
+    seen once per epoch. `batch_size` is the global batch; rank r's loader batch (batch_size /
+    world) is its stride of one global batch.
+
     Lightning calls `set_epoch` before every epoch; a plain loop that does not gets the next
     epoch on each new pass, so it still sees a fresh order every time.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 lengths: np.ndarray | None = None, batch_size: int = 1, bucket_window: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if bucket_window > 1 and (lengths is None or len(lengths) != len(dataset)):
+            raise ValueError("bucket_window > 1 needs one length per dataset row")
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.bucket_window = bucket_window
         self._passes_at_epoch = 0  # passes started since the epoch was last set
 
     def set_epoch(self, epoch: int) -> None:
@@ -41,10 +54,23 @@ class EpochShuffleSampler(DistributedSampler):
         self._passes_at_epoch += 1
         n = len(self.dataset)
         # [seed, epoch] goes through SeedSequence: seed 1 epoch 0 and seed 0 epoch 1 differ
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n)  # [n]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)  # [n]
+        if self.bucket_window > 1:
+            order = self._bucketed(order, rng)
         order = np.resize(order, self.total_size)  # wraps around to pad
         for index in order[self.rank :: self.num_replicas]:
             yield int(index), self.epoch
+
+    def _bucketed(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`order` regrouped into global batches of similar length, in random batch order."""
+        b, window = self.batch_size, self.batch_size * self.bucket_window
+        windows = [order[i : i + window] for i in range(0, len(order), window)]
+        # stable sort: rows of equal length keep their random order
+        ranked = np.concatenate([w[np.argsort(self.lengths[w], kind="stable")] for w in windows])
+        full = len(ranked) // b
+        batches = ranked[: full * b].reshape(full, b)[rng.permutation(full)]  # [full, b]
+        return np.concatenate([batches.reshape(-1), ranked[full * b :]])  # the short batch last
 
 
 class EpochSeededDataset(Dataset):
@@ -86,13 +112,19 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 class ShardSampler(DistributedSampler):
     """Users rank, rank + world, rank + 2 * world, ...: shards differ in size by at most one and
-    nothing is repeated (DistributedSampler would pad by repeating users, counting them twice)."""
+    nothing is repeated (DistributedSampler would pad by repeating users, counting them twice).
+    With `lengths`, each shard is visited shortest first, so a batch pads to similar lengths."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0,
+                 lengths: np.ndarray | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.lengths = lengths
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        shard = np.arange(self.rank, len(self.dataset), self.num_replicas)
+        if self.lengths is not None:
+            shard = shard[np.argsort(self.lengths[shard], kind="stable")]
+        return iter(shard.tolist())
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.dataset), self.num_replicas))

@@ -33,13 +33,29 @@ log = get_logger(__name__)
 warnings.filterwarnings("ignore", ".*logging on epoch level in distributed setting.*", PossibleUserWarning)
 
 
+LOSS_REDUCTIONS = ("token_mean", "row_sum")
+
+
 def next_item_loss(net: nn.Module, batch: SequenceBatch, kind: str,
                    ce_matmul_dtype: torch.dtype = torch.float32, num_negatives: int = 256,
                    logq_correction: bool = True, encoder_dtype: torch.dtype = torch.float32,
-                   shared_negatives: bool = False) -> torch.Tensor:
+                   shared_negatives: bool = False, reduction: str = "token_mean") -> torch.Tensor:
     """The training loss at every position that has a next item (plain function: the
     benchmark's Lightning-free loop calls it too). encoder_dtype=bfloat16 runs the encoder
-    under autocast (the losses' softmax stays fp32)."""
+    under autocast (the losses' softmax stays fp32). reduction "token_mean": the mean over the
+    batch's positions; "row_sum": their sum / rows, so a position weighs the same in every batch
+    of a size, however long its rows (batches bucketed by length hold few or many positions;
+    Adam is blind to the constant scale)."""
+    loss = _token_mean_loss(net, batch, kind, ce_matmul_dtype, num_negatives, logq_correction,
+                            encoder_dtype, shared_negatives)
+    if reduction == "row_sum":
+        return loss * (batch.targets > 0).sum() / len(batch)
+    return loss
+
+
+def _token_mean_loss(net: nn.Module, batch: SequenceBatch, kind: str, ce_matmul_dtype: torch.dtype,
+                     num_negatives: int, logq_correction: bool, encoder_dtype: torch.dtype,
+                     shared_negatives: bool) -> torch.Tensor:
     with torch.autocast(batch.items.device.type, dtype=encoder_dtype,
                         enabled=encoder_dtype != torch.float32):
         hidden = net.encode(**net_inputs(net.encode, batch.model_inputs())).float()  # [B, T, D]
@@ -82,6 +98,7 @@ class NextItemTask(RecTask):
         logq_correction: bool = True,
         encoder_dtype: str = "float32",
         shared_negatives: bool = False,
+        loss_reduction: str = "token_mean",
         param_groups: Sequence[Mapping] = (),
         monitor: str = "val/ndcg@10",
         baselines: Sequence = (),
@@ -89,6 +106,9 @@ class NextItemTask(RecTask):
         if loss not in self.LOSSES:
             raise ValueError(f"task.loss must be 'ce', 'bce' or 'sampled_softmax', got {loss!r}")
         check_range("task.num_negatives", num_negatives, lo=1)
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"task.loss_reduction must be one of {list(LOSS_REDUCTIONS)}, "
+                             f"got {loss_reduction!r}")
         super().__init__(net, optimizer, scheduler, ks=ks, mask_history=mask_history,
                          weight_decay=weight_decay, param_groups=param_groups, monitor=monitor,
                          baselines=baselines)
@@ -113,7 +133,7 @@ class NextItemTask(RecTask):
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> torch.Tensor:
         loss = next_item_loss(self.net, batch, self.hparams.loss, self.ce_matmul_dtype,
                               self.hparams.num_negatives, self.hparams.logq_correction, self.encoder_dtype,
-                              self.hparams.shared_negatives)
+                              self.hparams.shared_negatives, self.hparams.loss_reduction)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
