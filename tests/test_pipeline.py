@@ -139,7 +139,7 @@ PINNED = {
         "data.source.name": "ml-1m", "data.maxlen": 200, "data.batch_size": 128,
         "model.hidden_units": 128, "model.num_blocks": 2, "model.num_heads": 1, "model.dropout": 0.1,
         "data.bucket_window": 8, "model.init_std": 0.02, "task.loss": "ce", "task.loss_reduction": "row_sum",
-        "task.encoder_dtype": "auto", "task.optimizer.lr": 0.003,
+        "task.encoder_dtype": "auto", "task.optimizer.lr": 0.004,
         "task.scheduler._target_": "genrec.tasks.schedules.cosine_decay", "trainer.max_epochs": 30,
         "callbacks.early_stopping": None},
     "tisasrec_beauty": {

@@ -9,7 +9,8 @@ from lightning.pytorch.callbacks import Callback
 
 
 class EpochTimer(Callback):
-    """Logs `time/epoch_seconds` (training part of the epoch) and `time/elapsed_minutes`."""
+    """Logs `time/epoch_seconds` (the epoch's training and its validation: Lightning calls
+    on_train_epoch_end after the epoch's validation) and `time/elapsed_minutes` since fit start."""
 
     def __init__(self) -> None:
         self._fit_start = 0.0
